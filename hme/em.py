@@ -1,0 +1,366 @@
+r"""EM for hierarchical mixtures of experts (Jordan & Jacobs 1994), compiled end to end.
+
+One iteration:
+
+* **E-step** (log space): log gate probabilities of all gates in one batched op, log path probabilities by the
+  edge->leaf incidence matmul, per-leaf log-likelihoods, ``log p(y|x) = logsumexp_l(log π_l + log P_l)``,
+  leaf posteriors ``h_l``, and edge/node posteriors ``h @ Aᵀ`` (the downward/upward passes as matmuls).
+* **M-step**: all experts in one batched solve (closed-form weighted least squares for Gaussian experts; one
+  warm-started IRLS step with halving for GLM experts) and all gates in one batched Newton step with halving
+  (soft targets = edge posteriors, case weights = node posteriors). Every part of the M-step increases its part
+  of the expected complete-data log-likelihood, so the penalised log-likelihood never decreases (GEM).
+
+The loop is a ``lax.while_loop`` that stops when the relative change of the penalised mean log-likelihood
+falls below ``tol`` or after ``max_iter`` M-steps, and records a NaN-padded history. Restarts run under one
+``vmap`` over PRNG keys; the best final objective wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import experts as _experts
+from . import gates as _gates
+from ._linalg import padded_length, weighted_gram
+from .init import INIT_METHODS, initial_responsibilities, params_from_responsibilities
+from .model import Design, edge_mass, joint, make_design
+from .params import HMEParams, cast_params, center_params, check_params
+from .spec import ModelSpec
+
+GATE_SOLVERS = ("newton", "bound")
+
+#: Default ridge on gate coefficients (penalty ½ α Σ θ², on the scale of the summed log-likelihood).
+DEFAULT_GATE_ALPHA = 1e-4
+#: Default ridge on expert slopes (intercepts are not penalised).
+DEFAULT_ALPHA = 1e-6
+#: Default variance floor, relative to the (weighted) variance of each output.
+DEFAULT_VAR_FLOOR = 1e-6
+
+
+class FitOptions(NamedTuple):
+    """Numeric hyperparameters, traced (changing them does not recompile)."""
+
+    tol: jax.Array
+    alpha: jax.Array
+    gate_alpha: jax.Array
+    var_floor: jax.Array  # (n_outputs,)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Choices that change the compiled program (static)."""
+
+    max_iter: int = 200
+    n_init: int = 1
+    init: str = "kmeans_xy"
+    gate_solver: str = "newton"
+    expert_solver: str = "newton"
+    user_init: bool = False
+
+
+class FitData(NamedTuple):
+    design: Design
+    y: jax.Array
+    weight: jax.Array
+
+
+class EMTrace(NamedTuple):
+    params: HMEParams
+    objective: jax.Array
+    mean_log_likelihood: jax.Array
+    history: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    failed: jax.Array
+
+
+class EMResult(NamedTuple):
+    """Result of :func:`fit_em`.
+
+    params : HMEParams -- best restart, on the original (uncentred) inputs
+    objective : mean penalised log-likelihood of ``params`` (what EM increases)
+    log_likelihood : total (weighted) log-likelihood Σ_t w_t log p(y_t | x_t) of ``params``
+    history : (max_iter + 1,) penalised mean log-likelihood per iteration, NaN after the last
+    n_iter, converged : M-steps done; whether the relative change fell below ``tol``
+    best_restart : index of the winning restart
+    restart_objective, restart_history, restart_n_iter, restart_converged, restart_failed : the same per restart
+    """
+
+    params: HMEParams
+    objective: jax.Array
+    log_likelihood: jax.Array
+    history: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    best_restart: jax.Array
+    restart_objective: jax.Array
+    restart_history: jax.Array
+    restart_n_iter: jax.Array
+    restart_converged: jax.Array
+    restart_failed: jax.Array
+
+
+def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
+    g = params.gates
+    gp = jnp.sum(g.bias**2) + (jnp.sum(g.weight**2) if spec.gate == "softmax" else 0.0)
+    return 0.5 * opts.gate_alpha * gp + _experts.family(spec).penalty(spec, params.experts, opts.alpha)
+
+
+class EStep(NamedTuple):
+    objective: jax.Array  # penalised mean log-likelihood
+    mean_log_likelihood: jax.Array
+    leaf_w: jax.Array  # (n, L) leaf posteriors x sample weights
+    gate_log_prob: jax.Array
+    aux: object
+
+
+def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) -> EStep:
+    j = joint(spec, params, data.design, data.y)
+    w = data.weight
+    total = jnp.sum(w)
+    ll = jnp.sum(w * j.log_lik)
+    leaf_w = jnp.exp(j.log_path + j.leaf_log_lik - j.log_lik[:, None]) * w[:, None]
+    obj = (ll - penalty(spec, params, opts)) / total
+    return EStep(obj, ll / total, leaf_w, j.gate_log_prob, j.aux)
+
+
+def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st: EStep, opts: FitOptions) -> HMEParams:
+    fam = _experts.family(spec)
+    De, Dg = data.design
+    needs_leaf_gram = (
+        spec.expert == "gaussian"
+        or (spec.expert == "categorical" and cfg.expert_solver == "bound")
+        or (spec.shares_design and cfg.gate_solver == "bound")
+    )
+    leaf_gram = weighted_gram(De, st.leaf_w) if needs_leaf_gram else None
+    edge_w = edge_mass(spec, st.leaf_w)
+    node_w = jnp.sum(edge_w, -1)
+    node_gram = None
+    if spec.gate == "softmax" and cfg.gate_solver == "bound":
+        if spec.shares_design:
+            # node posterior = sum of leaf posteriors below it, so node Grams are subtree sums of leaf Grams
+            node_gram = jnp.einsum("gl,lij->gij", jnp.asarray(spec.tree.gate_leaf, De.dtype), leaf_gram)
+        else:
+            node_gram = weighted_gram(Dg, node_w)
+    gates = _gates.m_step(spec, params.gates, Dg, st.gate_log_prob, edge_w, node_w, opts.gate_alpha, cfg.gate_solver, node_gram)
+    if spec.expert == "categorical":
+        ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
+    else:
+        ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts)
+    return HMEParams(gates, ex)
+
+
+def em_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions):
+    """One EM iteration: returns (objective at ``params``, new params)."""
+    st = e_step(spec, params, data, opts)
+    return st.objective, m_step(spec, cfg, params, data, st, opts)
+
+
+def _select(flag, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(flag, x, y), a, b)
+
+
+def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions) -> EMTrace:
+    """The compiled EM loop from one starting point."""
+    dtype = data.y.dtype
+    hist0 = jnp.full((cfg.max_iter + 1,), jnp.nan, dtype)
+
+    def cond(s):
+        return ~s["done"]
+
+    def body(s):
+        st = e_step(spec, s["params"], data, opts)
+        k = s["k"]
+        obj = st.objective
+        finite = jnp.isfinite(obj)
+        prev = s["prev"]
+        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
+        converged = (k > 0) & finite & (rel <= opts.tol)
+        done = converged | ~finite | (k >= cfg.max_iter)
+        new_params = m_step(spec, cfg, s["params"], data, st, opts)
+        # keep the last parameters with a finite objective
+        good = _select(finite, s["params"], s["good"])
+        params = _select(done, s["params"], new_params)
+        return dict(
+            params=params,
+            good=good,
+            k=jnp.where(done, k, k + 1),
+            prev=jnp.where(finite, obj, prev),
+            mean_ll=jnp.where(finite, st.mean_log_likelihood, s["mean_ll"]),
+            hist=s["hist"].at[k].set(obj),
+            done=done,
+            converged=converged,
+            failed=~finite,
+        )
+
+    s0 = dict(
+        params=params,
+        good=params,
+        k=jnp.asarray(0),
+        prev=jnp.asarray(-jnp.inf, dtype),
+        mean_ll=jnp.asarray(jnp.nan, dtype),
+        hist=hist0,
+        done=jnp.asarray(False),
+        converged=jnp.asarray(False),
+        failed=jnp.asarray(False),
+    )
+    s = jax.lax.while_loop(cond, body, s0)
+    out = _select(s["failed"], s["good"], s["params"])
+    return EMTrace(out, s["prev"], s["mean_ll"], s["hist"], s["k"], s["converged"], s["failed"])
+
+
+def _weighted_mean(X, w):
+    return (w @ X) / jnp.sum(w)
+
+
+@jax.jit(static_argnames=("spec", "cfg"))
+def _fit(spec, cfg, X, y, w, keys, opts, init_params):
+    n = X.shape[0]
+    n_pad = padded_length(n)
+    x_mean = _weighted_mean(X, w) if X.shape[1] else jnp.zeros((0,), X.dtype)
+    Xc = X - x_mean
+    pad = n_pad - n
+    if pad:
+        Xc = jnp.pad(Xc, ((0, pad), (0, 0)))
+        y = jnp.pad(y, ((0, pad), (0, 0)))
+        w = jnp.pad(w, (0, pad))
+    data = FitData(make_design(spec, Xc), y, w)
+    if cfg.user_init:
+        p0 = center_params(spec, init_params, x_mean, +1.0)
+        starts = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
+    else:
+
+        def start(key):
+            resp = initial_responsibilities(spec, cfg.init, key, data.design, y, w)
+            return params_from_responsibilities(spec, data.design, y, w, resp, opts, cfg.gate_solver, cfg.expert_solver)
+
+        starts = jax.vmap(start)(keys)
+    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
+    score = jnp.where(traces.failed | ~jnp.isfinite(traces.objective), -jnp.inf, traces.objective)
+    best = jnp.argmax(score)
+    params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
+    params = center_params(spec, params, x_mean, -1.0)
+    return EMResult(
+        params=params,
+        objective=traces.objective[best],
+        log_likelihood=traces.mean_log_likelihood[best] * jnp.sum(w),
+        history=traces.history[best],
+        n_iter=traces.n_iter[best],
+        converged=traces.converged[best],
+        best_restart=best,
+        restart_objective=traces.objective,
+        restart_history=traces.history,
+        restart_n_iter=traces.n_iter,
+        restart_converged=traces.converged,
+        restart_failed=traces.failed,
+    )
+
+
+def _check_finite(name, a):
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity")
+
+
+def fit_em(
+    spec: ModelSpec,
+    X,
+    y,
+    *,
+    sample_weight=None,
+    init: str = "kmeans_xy",
+    init_params: Optional[HMEParams] = None,
+    n_init: int = 1,
+    random_state=0,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    alpha: float = DEFAULT_ALPHA,
+    gate_alpha: float = DEFAULT_GATE_ALPHA,
+    var_floor=None,
+    gate_solver: str = "newton",
+    expert_solver: str = "newton",
+) -> EMResult:
+    r"""Fit an HME by EM.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    X : array of shape (n_samples, n_features); float32 or float64 (the fit follows this dtype; float64 needs
+        ``jax_enable_x64``)
+    y : Gaussian/Poisson: (n_samples,) or (n_samples, n_outputs); categorical: integer labels 0..C-1 of shape
+        (n_samples,) or one-hot / soft labels (n_samples, C)
+    sample_weight : (n_samples,) non-negative frequency weights, default all ones
+    init : {"kmeans", "kmeans_xy", "random"}; ignored when ``init_params`` is given
+    init_params : HMEParams to start from (then every restart starts there)
+    n_init : restarts, vectorised with ``vmap`` over PRNG keys; the best penalised log-likelihood wins
+    random_state : int or a ``jax.random`` key; fixes every random choice
+    max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * |objective|
+    alpha : ridge on expert slopes (Gaussian experts: penalty ``α/2 tr(Σ⁻¹ BᵀB)``), default 1e-6
+    gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4
+    var_floor : floor on Gaussian expert variances, scalar or per output; default 1e-6 x Var(y)
+    gate_solver : "newton" (exact IRLS Hessian) or "bound" (Böhning's curvature bound; no extra data pass)
+    expert_solver : "newton" or "bound", for categorical experts
+
+    Returns
+    -------
+    EMResult
+    """
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
+        raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
+        raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if not (alpha >= 0 and gate_alpha >= 0):
+        raise ValueError("alpha and gate_alpha must be >= 0")
+    X = jnp.asarray(X)
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64)
+    dtype = X.dtype
+    if X.ndim != 2 or X.shape[1] != spec.n_features:
+        raise ValueError(f"X must have shape (n_samples, {spec.n_features}), got {X.shape}")
+    n = X.shape[0]
+    from .model import _prepare_y
+
+    y = _prepare_y(spec, y, dtype)
+    if y.shape[0] != n:
+        raise ValueError(f"X has {n} samples but y has {y.shape[0]}")
+    k = spec.n_targets
+    if y.shape[1] != k:
+        raise ValueError(f"y must have {k} columns (n_targets) for this spec, got {y.shape[1]}")
+    w = jnp.ones((n,), dtype) if sample_weight is None else jnp.asarray(sample_weight, dtype).reshape(-1)
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight has {w.shape[0]} entries for {n} samples")
+    _check_finite("X", np.asarray(X))
+    _check_finite("y", np.asarray(y))
+    _check_finite("sample_weight", np.asarray(w))
+    if np.any(np.asarray(w) < 0) or not np.sum(np.asarray(w)) > 0:
+        raise ValueError("sample_weight must be non-negative with a positive sum")
+    if spec.expert == "poisson" and np.any(np.asarray(y) < 0):
+        raise ValueError("Poisson experts need non-negative counts y")
+    if var_floor is None:
+        wn = np.asarray(w, np.float64)
+        yn = np.asarray(y, np.float64)
+        mu = wn @ yn / wn.sum()
+        var = wn @ (yn - mu) ** 2 / wn.sum()
+        var_floor = DEFAULT_VAR_FLOOR * np.where(var > 0, var, 1.0)
+    vf = jnp.broadcast_to(jnp.asarray(var_floor, dtype), (spec.n_targets if spec.expert == "gaussian" else k,))
+    if not np.all(np.asarray(vf) > 0):
+        raise ValueError("var_floor must be > 0")
+    opts = FitOptions(jnp.asarray(tol, dtype), jnp.asarray(alpha, dtype), jnp.asarray(gate_alpha, dtype), vf)
+    key = jax.random.PRNGKey(random_state) if isinstance(random_state, (int, np.integer)) else random_state
+    keys = jax.random.split(key, n_init)
+    user = init_params is not None
+    if user:
+        check_params(spec, init_params)
+        init_params = cast_params(init_params, dtype)
+    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, user)
+    return _fit(spec, cfg, X, y, w, keys, opts, init_params)

@@ -1,0 +1,101 @@
+r"""Gaussian linear experts: ``y | x, leaf l ~ N(B_lᵀ [1, x], Σ_l)``.
+
+M-step (closed form, all leaves in one batched solve), with ridge α on the slopes (not the intercept) and the
+penalty ``-(α/2) tr(Σ_l⁻¹ B_sᵀ B_s)`` (a conjugate matrix-normal prior), so that
+
+.. math::  B_l = (Dᵀ H_l D + α J)^{-1} Dᵀ H_l Y,  \qquad
+           Σ_l = \frac{Σ_t h_{tl} r_{tl} r_{tl}ᵀ + α B_{s}ᵀ B_{s}}{Σ_t h_{tl}}
+
+(``H_l`` = diag of leaf posteriors times sample weights, ``J`` = diag(0, 1, ..., 1)). ``Σ_l`` is then projected
+onto ``{Σ ⪰ var_floor}`` (eigenvalue clipping: the constrained maximiser), restricted to diagonal or
+spherical forms, or pooled over leaves when shared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .._linalg import solve_psd
+from ..params import ExpertParams
+from ._linear import linear_predictor
+
+
+def _chol_inverse(cov):
+    chol = jnp.linalg.cholesky(cov)
+    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    return inv_chol, logdet
+
+
+def log_prob(spec, experts, design, y):
+    mean = linear_predictor(experts, design)  # (n, L, m)
+    r = y[:, None, :] - mean
+    m = y.shape[1]
+    if m == 1:
+        var = experts.cov[:, 0, 0]
+        ll = -0.5 * (math.log(2 * math.pi) + jnp.log(var) + r[..., 0] ** 2 / var)
+    else:
+        inv_chol, logdet = _chol_inverse(experts.cov)
+        z = jnp.einsum("lij,nlj->nli", inv_chol, r)
+        ll = -0.5 * (m * math.log(2 * math.pi) + logdet + jnp.sum(z**2, -1))
+    return ll, None
+
+
+def mean(spec, experts, design):
+    return linear_predictor(experts, design)
+
+
+def penalty(spec, experts, alpha):
+    slopes = experts.coef  # (L, p, m)
+    if slopes.shape[1] == 0:
+        return jnp.zeros((), experts.intercept.dtype)
+    bb = jnp.einsum("lpi,lpj->lij", slopes, slopes)
+    prec = jnp.linalg.inv(experts.cov)
+    return 0.5 * alpha * jnp.einsum("lij,lji->", prec, bb)
+
+
+def _floor_cov(cov, var_floor, kind):
+    """Project covariances onto {Σ ⪰ diag(var_floor)} in the family ``kind``."""
+    m = cov.shape[-1]
+    if kind == "spherical":
+        v = jnp.trace(cov, axis1=-2, axis2=-1) / m
+        v = jnp.maximum(v, jnp.max(var_floor))
+        return v[..., None, None] * jnp.eye(m, dtype=cov.dtype)
+    if kind == "diag" or m == 1:
+        v = jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1), var_floor)
+        return jax.vmap(jnp.diag)(v) if cov.ndim == 3 else jnp.diag(v)
+    # full: scale to unit floor, clip eigenvalues at 1, scale back (exact for a common floor)
+    s = jnp.sqrt(var_floor)
+    c = cov / (s[:, None] * s[None, :])
+    lam, vec = jnp.linalg.eigh(0.5 * (c + jnp.swapaxes(c, -1, -2)))
+    c = jnp.einsum("...ij,...j,...kj->...ik", vec, jnp.maximum(lam, 1.0), vec)
+    return c * (s[:, None] * s[None, :])
+
+
+def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
+    n, q = design.shape
+    L = leaf_w.shape[1]
+    m = y.shape[1]
+    dtype = design.dtype
+    pen = jnp.full((q,), opts.alpha, dtype).at[0].set(0.0)
+    rhs = (design.T @ (leaf_w[:, :, None] * y[:, None, :]).reshape(n, L * m)).reshape(q, L, m).transpose(1, 0, 2)
+    th = solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
+    new = ExpertParams(th[:, 0, :], th[:, 1:, :], experts.cov)
+    r = y[:, None, :] - linear_predictor(new, design)
+    scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
+    slopes = th[:, 1:, :]
+    scatter = scatter + opts.alpha * jnp.einsum("lpi,lpj->lij", slopes, slopes)
+    mass = jnp.sum(leaf_w, 0)
+    tiny = jnp.finfo(dtype).tiny
+    if spec.shared_covariance:
+        pooled = jnp.sum(scatter, 0) / jnp.maximum(jnp.sum(mass), tiny)
+        cov = jnp.broadcast_to(_floor_cov(pooled, opts.var_floor, spec.covariance_type), (L, m, m))
+    else:
+        cov = scatter / jnp.maximum(mass, tiny)[:, None, None]
+        cov = jax.vmap(lambda c: _floor_cov(c, opts.var_floor, spec.covariance_type))(cov)
+    return ExpertParams(new.intercept, new.coef, cov)
+

@@ -1,0 +1,54 @@
+r"""Poisson experts with log link: ``y_j | x, leaf l ~ Poisson(exp(θ_{l,j}·[1, x]))`` (outputs independent).
+
+M-step: one Newton (IRLS) step per leaf and output with step halving, warm-started:
+gradient ``Σ_t h_tl (y_tj - μ_tlj) d_t - α θ_s``, curvature ``Σ_t h_tl μ_tlj d_t d_tᵀ + α J``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .._linalg import newton_ascent, solve_psd, weighted_gram
+from ..params import ExpertParams
+from ._linear import linear_predictor, theta
+
+
+def log_prob(spec, experts, design, y):
+    eta = linear_predictor(experts, design)  # (n, L, m)
+    ll = y[:, None, :] * eta - jnp.exp(eta) - jax.scipy.special.gammaln(y + 1.0)[:, None, :]
+    return jnp.sum(ll, -1), eta
+
+
+def mean(spec, experts, design):
+    return jnp.exp(linear_predictor(experts, design))
+
+
+def penalty(spec, experts, alpha):
+    return 0.5 * alpha * jnp.sum(experts.coef**2)
+
+
+def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
+    n, q = design.shape
+    L = leaf_w.shape[1]
+    m = y.shape[1]
+    dtype = design.dtype
+    pen = jnp.full((q,), opts.alpha, dtype).at[0].set(0.0)
+    th = theta(experts).transpose(0, 2, 1).reshape(L * m, q)  # units (leaf, output)
+    mu = jnp.exp(aux)  # (n, L, m)
+    resid = (leaf_w[:, :, None] * (y[:, None, :] - mu)).reshape(n, L * m)
+    grad = (design.T @ resid).T - pen * th
+    curv = weighted_gram(design, (leaf_w[:, :, None] * mu).reshape(n, L * m)) + jnp.diag(pen)
+    step = solve_psd(curv, grad)
+    w = leaf_w
+
+    def objective(t):
+        eta = design @ t.T  # (n, L*m)
+        ll = (y[:, None, :] * eta.reshape(n, L, m) - jnp.exp(eta.reshape(n, L, m))).reshape(n, L * m)
+        return jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll) - 0.5 * jnp.einsum("uq,q->u", t**2, pen)
+
+    ll0 = (y[:, None, :] * aux - mu).reshape(n, L * m)
+    f0 = jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll0) - 0.5 * jnp.einsum("uq,q->u", th**2, pen)
+    th, _ = newton_ascent(th, step, objective, f0)
+    th = th.reshape(L, m, q).transpose(0, 2, 1)
+    return ExpertParams(th[:, 0, :], th[:, 1:, :], None)

@@ -1,0 +1,163 @@
+r"""Gate families: log gate probabilities of every gate at once, and their M-steps.
+
+* softmax: ``log g_{g,c}(x) = w_{g,c}·x + b_{g,c} - logsumexp_c'(...)``, child 0 the reference (``w=0, b=0``).
+  M-step: weighted multinomial logit with soft targets (:mod:`hme._logit`).
+* laplace (FuseMoE, theory.md §1.2): ``log g_{g,c}(x) = -‖W_{g,c} - x‖_ε + b_{g,c} - logsumexp``, with the
+  smoothed distance ``‖v‖_ε = sqrt(‖v‖² + ε²)``. M-step: modified Newton (eigenvalues of the negative Hessian
+  clipped to stay positive) with step halving on the same weighted soft-target objective.
+
+Designs: softmax gates read ``Dg = [1, X_gate]``; Laplace gates read the raw gate features ``X_gate``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._linalg import CHUNK, newton_ascent
+from ._logit import logit_m_step, masked_log_softmax, unit_logits
+from .params import GateParams
+from .spec import ModelSpec
+
+
+def softmax_theta(gates: GateParams) -> jax.Array:
+    """(n_gates, B, 1 + p) with the bias in column 0."""
+    return jnp.concatenate([gates.bias[..., None], gates.weight], axis=-1)
+
+
+def laplace_sq_distance(design: jax.Array, keys: jax.Array) -> jax.Array:
+    """‖x_t - W_{g,c}‖² for all samples and keys, (n, G, B), via one GEMM (clamped at 0 against roundoff)."""
+    G, B, p = keys.shape
+    cross = (design @ keys.reshape(G * B, p).T).reshape(design.shape[0], G, B)
+    sq = jnp.sum(design**2, axis=1)[:, None, None] - 2.0 * cross + jnp.sum(keys**2, axis=-1)[None]
+    return jnp.maximum(sq, 0.0)
+
+
+def laplace_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    eps = jnp.asarray(spec.laplace_smoothing, design.dtype)
+    return -jnp.sqrt(laplace_sq_distance(design, gates.weight) + eps**2) + gates.bias[None]
+
+
+def gate_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    if spec.gate == "softmax":
+        return unit_logits(design, softmax_theta(gates))
+    return laplace_logits(spec, design, gates)
+
+
+def gate_log_probs(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    """Log gate probabilities of every gate, (n, n_gates, max_branching); absent children give 0."""
+    mask = jnp.asarray(spec.tree.child_mask)
+    return masked_log_softmax(gate_logits(spec, design, gates), mask)
+
+
+def m_step(
+    spec: ModelSpec,
+    gates: GateParams,
+    design: jax.Array,
+    log_prob: jax.Array,
+    edge_w: jax.Array,
+    node_w: jax.Array,
+    gate_alpha,
+    solver: str,
+    node_gram: jax.Array | None = None,
+) -> GateParams:
+    """Generalized M-step for all gates: one warm-started (modified) Newton step with halving each.
+
+    edge_w : (n, G, B) posterior mass through each edge times sample weight (soft targets);
+    node_w : (n, G) posterior mass at each gate (case weights).
+    """
+    mask = jnp.asarray(spec.tree.child_mask)
+    dtype = design.dtype
+    if spec.gate == "softmax":
+        q = design.shape[1]
+        penalty = jnp.full((q,), gate_alpha, dtype)
+        theta = logit_m_step(
+            design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram
+        )
+        return GateParams(theta[..., 0], theta[..., 1:])
+    return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask)
+
+
+# -- Laplace gates ------------------------------------------------------------------------------------
+
+
+def _laplace_objective(spec, design, gates, edge_w, gate_alpha, mask):
+    logp = masked_log_softmax(laplace_logits(spec, design, gates), mask)
+    return jnp.einsum("ngb,ngb->g", edge_w, logp) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
+
+
+def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
+    r"""Gradient and Hessian of Σ_t Σ_c e_tc log g_c per gate, parameters φ_c = (b_c, W_c) per child.
+
+    With u_tc = (W_c - x_t)/d_tc and J_tc = (1, -u_tc) the Jacobian of the logit,
+    H = -Σ_t n_t Σ_{c,c'} (δ p_c - p_c p_c') J_tc J_tc'ᵀ  -  Σ_t Σ_c r_tc (I - u u ᵀ)/d_tc  (W-block only),
+    r_tc = e_tc - n_t p_tc. Accumulated over blocks of rows (no (n, G, B, p, p) array).
+    """
+    G, B, p = gates.weight.shape
+    eps = jnp.asarray(spec.laplace_smoothing, design.dtype)
+    n = design.shape[0]
+    chunk = min(CHUNK, n)
+    pad = (-n) % chunk
+
+    def padrows(a):
+        return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
+
+    xs = [padrows(a) for a in (design, log_prob, edge_w, node_w)]
+    xs = [a.reshape((-1, chunk) + a.shape[1:]) for a in xs]
+    P = p + 1
+    eye_p = jnp.eye(p, dtype=design.dtype)
+
+    def block(x, logp, e, nw):
+        v = gates.weight[None] - x[:, None, None, :]  # (c, G, B, p)
+        d = jnp.sqrt(jnp.sum(v**2, -1) + eps**2)  # (c, G, B)
+        u = v / d[..., None]
+        prob = jnp.where(mask[None], jnp.exp(logp), 0.0)
+        r = e - nw[..., None] * prob  # (c, G, B)
+        J = jnp.concatenate([jnp.ones(u.shape[:-1] + (1,), u.dtype), -u], -1)  # (c, G, B, P)
+        grad = jnp.einsum("ngb,ngbi->gbi", r, J)
+        A = nw[..., None, None] * (prob[..., :, None] * jnp.eye(B, dtype=x.dtype) - prob[..., :, None] * prob[..., None, :])
+        h1 = -jnp.einsum("ngbc,ngbi,ngcj->gbicj", A, J, J)
+        rd = r / d
+        h2w = -(jnp.einsum("ngb->gb", rd)[..., None, None] * eye_p - jnp.einsum("ngb,ngbi,ngbj->gbij", rd, u, u))
+        return grad, h1, h2w
+
+    def body(acc, xs_):
+        g, h1, h2 = block(*xs_)
+        return (acc[0] + g, acc[1] + h1, acc[2] + h2), None
+
+    zeros = (
+        jnp.zeros((G, B, P), design.dtype),
+        jnp.zeros((G, B, P, B, P), design.dtype),
+        jnp.zeros((G, B, p, p), design.dtype),
+    )
+    (grad, h1, h2w), _ = jax.lax.scan(body, zeros, tuple(xs))
+    hess = h1 + jnp.einsum("gbij,bc->gbicj", jnp.pad(h2w, ((0, 0), (0, 0), (1, 0), (1, 0))), jnp.eye(B, dtype=design.dtype))
+    return grad, hess
+
+
+def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask):
+    G, B, p = gates.weight.shape
+    P = p + 1
+    dtype = design.dtype
+    grad, hess = _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask)
+    # ridge on the biases
+    grad = grad.at[..., 0].add(-gate_alpha * gates.bias)
+    hess = hess - gate_alpha * jnp.einsum("bc,ij->bicj", jnp.eye(B, dtype=dtype), jnp.diag(jnp.eye(P, dtype=dtype)[0]))
+    # free parameters: existing children; the reference child's bias is fixed at 0
+    free = jnp.broadcast_to(mask[:, :, None], (G, B, P)).at[:, 0, 0].set(False)
+    grad = jnp.where(free, grad, 0.0).reshape(G, B * P)
+    neg = -hess.reshape(G, B * P, B * P)
+    f2 = free.reshape(G, B * P)
+    both = f2[:, :, None] & f2[:, None, :]
+    neg = jnp.where(both, neg, 0.0) + jax.vmap(jnp.diag)(jnp.where(f2, 0.0, 1.0).astype(dtype))
+    neg = 0.5 * (neg + jnp.swapaxes(neg, 1, 2))
+    lam, vec = jnp.linalg.eigh(neg)
+    floor = 1e-6 * jnp.max(jnp.abs(lam), axis=-1, keepdims=True) + jnp.finfo(dtype).tiny ** 0.5
+    lam = jnp.maximum(lam, floor)
+    step = jnp.einsum("gij,gj,gkj,gk->gi", vec, 1.0 / lam, vec, grad)
+    step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
+    theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)
+    f0 = jnp.einsum("ngb,ngb->g", edge_w, log_prob) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
+    obj = lambda th: _laplace_objective(spec, design, GateParams(th[..., 0], th[..., 1:]), edge_w, gate_alpha, mask)
+    theta, _ = newton_ascent(theta, step, obj, f0)
+    return GateParams(theta[..., 0], theta[..., 1:])

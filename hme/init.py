@@ -1,0 +1,156 @@
+r"""Starting points for EM: responsibilities from clustering, then one M-step-like fit of gates and experts.
+
+Methods (all vectorisable over PRNG keys, so ``n_init`` restarts run under one ``vmap``):
+
+* ``"kmeans"`` -- k-means++ seeding and Lloyd iterations on the standardised gate inputs (falls back to
+  ``"kmeans_xy"`` for intercept-only gates, where inputs carry no information about the leaf);
+* ``"kmeans_xy"`` -- the same on standardised (expert inputs, y): separates crossing regression lines;
+* ``"random"`` -- n_leaves random data points (on (x, y)) as centres, hard nearest-centre assignment.
+
+Clusters are placed on leaves so that siblings are close: at every gate the clusters of its subtree are sorted
+along their first principal axis and dealt out to the children in order (a tree-shaped bisection). Experts are
+then fitted to the hard responsibilities and gates to smoothed ones (targets 0.9 hard + 0.1 uniform, so the
+initial gates stay soft).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import experts as _experts
+from . import gates as _gates
+from ._linalg import weighted_gram
+from .model import edge_mass
+from .params import ExpertParams, GateParams, HMEParams, zeros_params
+
+INIT_METHODS = ("kmeans", "kmeans_xy", "random")
+_LLOYD_ITERS = 25
+_INIT_NEWTON_STEPS = 8
+
+
+def _standardize(F, w):
+    W = jnp.sum(w)
+    mu = (w @ F) / W
+    var = (w @ (F - mu) ** 2) / W
+    sd = jnp.sqrt(jnp.where(var > 0, var, 1.0))
+    return (F - mu) / sd
+
+
+def _sq_dist(F, C):
+    return jnp.maximum(jnp.sum(F**2, 1)[:, None] - 2 * F @ C.T + jnp.sum(C**2, 1)[None], 0.0)
+
+
+def _kmeans_pp(key, F, w, k):
+    n = F.shape[0]
+    keys = jax.random.split(key, k)
+    first = jax.random.choice(keys[0], n, p=w / jnp.sum(w))
+    C = jnp.zeros((k, F.shape[1]), F.dtype).at[0].set(F[first])
+
+    def body(i, C):
+        d2 = jnp.min(jnp.where(jnp.arange(k)[None] < i, _sq_dist(F, C), jnp.inf), axis=1)
+        p = w * d2
+        p = jnp.where(jnp.sum(p) > 0, p / jnp.sum(p), w / jnp.sum(w))
+        return C.at[i].set(F[jax.random.choice(keys[i], n, p=p)])
+
+    return jax.lax.fori_loop(1, k, body, C)
+
+
+def _lloyd(F, w, C):
+    k = C.shape[0]
+
+    def body(_, C):
+        assign = jnp.argmin(_sq_dist(F, C), axis=1)
+        onehot = jax.nn.one_hot(assign, k, dtype=F.dtype) * w[:, None]
+        counts = jnp.sum(onehot, 0)
+        newC = (onehot.T @ F) / jnp.maximum(counts, jnp.finfo(F.dtype).tiny)[:, None]
+        return jnp.where(counts[:, None] > 0, newC, C)
+
+    return jax.lax.fori_loop(0, _LLOYD_ITERS, body, C)
+
+
+def _leaf_count(node):
+    return 1 if node == () else sum(_leaf_count(c) for c in node)
+
+
+def _place_clusters(structure, C):
+    """perm[l] = cluster placed on leaf l. Unrolled once at trace time over the (static) gates; it only
+    touches the (n_leaves, f) centre matrix, never the samples."""
+
+    def rec(node, idx):
+        if node == ():
+            return [idx[0]]
+        sub = C[idx]
+        sub = sub - jnp.mean(sub, 0)
+        _, _, vt = jnp.linalg.svd(sub, full_matrices=False)
+        order = idx[jnp.argsort(sub @ vt[0])]
+        out, start = [], 0
+        for child in node:
+            k = _leaf_count(child)
+            out += rec(child, order[start : start + k])
+            start += k
+        return out
+
+    return jnp.stack(rec(structure, jnp.arange(C.shape[0])))
+
+
+def _features(spec, method, design, y):
+    if method == "kmeans" and spec.n_gate_features > 0:
+        return design.gate[:, 1:] if spec.gate == "softmax" else design.gate
+    return jnp.concatenate([design.expert[:, 1:], y], axis=1)
+
+
+def initial_responsibilities(spec, method: str, key, design, y, w) -> jax.Array:
+    """Hard responsibilities (n, n_leaves) from clustering, placed on leaves tree-consistently."""
+    L = spec.tree.n_leaves
+    F = _standardize(_features(spec, method, design, y), w)
+    if method == "random":
+        idx = jax.random.choice(key, F.shape[0], (L,), replace=False, p=w / jnp.sum(w))
+        C = F[idx]
+    else:
+        C = _lloyd(F, w, _kmeans_pp(key, F, w, L))
+    perm = _place_clusters(spec.tree.structure, C)
+    leaf_of_cluster = jnp.argsort(perm)
+    assign = jnp.argmin(_sq_dist(F, C), axis=1)
+    return jax.nn.one_hot(leaf_of_cluster[assign], L, dtype=F.dtype)
+
+
+def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="newton", expert_solver="newton"):
+    """Fit experts to ``resp`` and gates to smoothed ``resp``: the M-step of EM started from responsibilities."""
+    dtype = design.expert.dtype
+    fam = _experts.family(spec)
+    params = zeros_params(spec, dtype)
+    leaf_w = resp * w[:, None]
+    leaf_gram = weighted_gram(design.expert, leaf_w)
+    ex = params.experts
+    if spec.expert == "gaussian":
+        ex = fam.m_step(spec, ex, design.expert, y, leaf_w, None, leaf_gram, opts)
+    else:
+        # GLM experts: a few warm IRLS steps from zero
+        def step(_, ex):
+            _, aux = fam.log_prob(spec, ex, design.expert, y)
+            if spec.expert == "categorical":
+                return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts, solver=expert_solver)
+            return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts)
+
+        ex = jax.lax.fori_loop(0, _INIT_NEWTON_STEPS, step, ex)
+
+    L = spec.tree.n_leaves
+    soft = (0.9 * resp + 0.1 / L) * w[:, None]
+    edge_w = edge_mass(spec, soft)
+    node_w = jnp.sum(edge_w, -1)
+    g = params.gates
+    node_gram = None
+    if spec.gate == "laplace":
+        mass = jnp.sum(edge_w, 0)  # (G, B)
+        keys = jnp.einsum("ngb,np->gbp", edge_w, design.gate) / jnp.maximum(mass, jnp.finfo(dtype).tiny)[..., None]
+        g = GateParams(g.bias, jnp.where(jnp.asarray(spec.tree.child_mask)[..., None], keys, 0.0))
+    elif gate_solver == "bound":
+        node_gram = weighted_gram(design.gate, node_w)
+
+    def gate_step(_, g):
+        lp = _gates.gate_log_probs(spec, design.gate, g)
+        return _gates.m_step(spec, g, design.gate, lp, edge_w, node_w, opts.gate_alpha, gate_solver, node_gram)
+
+    g = jax.lax.fori_loop(0, _INIT_NEWTON_STEPS, gate_step, g)
+    return HMEParams(g, ex)

@@ -1,0 +1,136 @@
+r"""The HME as a function of its parameters: designs, gate path probabilities, likelihoods, posteriors.
+
+For a tree with gates g and leaves l, the gate path probability of leaf l is the product of the gate
+probabilities on its root-to-leaf path, ``π_l(x) = Π_{(g,c) ∈ path(l)} g_{g,c}(x)``, and
+
+.. math::  p(y | x) = Σ_l π_l(x) \, P_l(y | x),   \qquad
+           h_l = π_l P_l / p(y | x)  \text{(leaf posterior)}.
+
+Edge (node) posteriors are sums of leaf posteriors below the edge. In log space, with the edge->leaf
+incidence matrix ``A`` of :class:`hme.tree.TreeSpec`: ``log π = log_gates @ A`` and ``h_edge = h @ Aᵀ``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import experts as _experts
+from . import gates as _gates
+from .params import HMEParams
+from .spec import ModelSpec
+
+
+class Design(NamedTuple):
+    """Design matrices. ``expert`` = [1, X_e] (n, 1 + p_e); ``gate`` = [1, X_g] (softmax) or X_g (Laplace)."""
+
+    expert: jax.Array
+    gate: jax.Array
+
+
+def make_design(spec: ModelSpec, X: jax.Array) -> Design:
+    n = X.shape[0]
+    ones = jnp.ones((n, 1), X.dtype)
+    Xe = X if spec.expert_features is None else X[:, jnp.asarray(spec.expert_features, int)]
+    De = jnp.concatenate([ones, Xe.reshape(n, -1)], axis=1)
+    if spec.shares_design:
+        return Design(De, De)
+    Xg = X if spec.gate_features is None else X[:, jnp.asarray(spec.gate_features, int)]
+    Xg = Xg.reshape(n, -1)
+    Dg = jnp.concatenate([ones, Xg], axis=1) if spec.gate == "softmax" else Xg
+    return Design(De, Dg)
+
+
+def _edge_leaf(spec, dtype):
+    return jnp.asarray(spec.tree.edge_leaf, dtype)
+
+
+def log_path_from_gates(spec: ModelSpec, gate_log_prob: jax.Array) -> jax.Array:
+    """(n, G, B) log gate probabilities -> (n, L) log path probabilities, one matmul."""
+    n = gate_log_prob.shape[0]
+    return gate_log_prob.reshape(n, -1) @ _edge_leaf(spec, gate_log_prob.dtype)
+
+
+def edge_mass(spec: ModelSpec, leaf_mass: jax.Array) -> jax.Array:
+    """(n, L) leaf posteriors -> (n, G, B) posterior mass through every edge."""
+    t = spec.tree
+    n = leaf_mass.shape[0]
+    return (leaf_mass @ _edge_leaf(spec, leaf_mass.dtype).T).reshape(n, t.n_gates, t.max_branching)
+
+
+class Joint(NamedTuple):
+    gate_log_prob: jax.Array  # (n, G, B)
+    log_path: jax.Array  # (n, L)
+    leaf_log_lik: jax.Array  # (n, L)
+    log_lik: jax.Array  # (n,)
+    aux: object  # family-specific cache for the M-step
+
+
+def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> Joint:
+    glp = _gates.gate_log_probs(spec, design.gate, params.gates)
+    log_path = log_path_from_gates(spec, glp)
+    leaf_ll, aux = _experts.family(spec).log_prob(spec, params.experts, design.expert, y)
+    log_lik = jax.nn.logsumexp(log_path + leaf_ll, axis=1)
+    return Joint(glp, log_path, leaf_ll, log_lik, aux)
+
+
+# -- public functional API on raw inputs -----------------------------------------------------------------
+
+
+def _prepare_y(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
+    y = jnp.asarray(y)
+    if spec.expert == "categorical":
+        if y.ndim == 1:
+            return jax.nn.one_hot(y.astype(jnp.int32), spec.n_targets, dtype=dtype)
+        return y.astype(dtype)
+    return (y[:, None] if y.ndim == 1 else y).astype(dtype)
+
+
+def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+    """Prior probability of reaching each leaf, π_l(x): array of shape (n_samples, n_leaves), rows sum to 1."""
+    X = jnp.asarray(X)
+    d = make_design(spec, X)
+    return jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
+
+
+def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,)."""
+    X = jnp.asarray(X)
+    return joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype)).log_lik
+
+
+def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> dict:
+    """Posterior probabilities given (x, y).
+
+    Returns a dict with ``leaf`` (n, L) = h_l, ``edge`` (n, G, B) = posterior of passing through each gate's
+    child, ``node`` (n, G) = posterior of reaching each gate, and ``conditional`` (n, G, B) = h_{c|g}, the
+    gate's soft targets (posterior of child c given that gate g is reached).
+    """
+    X = jnp.asarray(X)
+    j = joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype))
+    leaf = jnp.exp(j.log_path + j.leaf_log_lik - j.log_lik[:, None])
+    edge = edge_mass(spec, leaf)
+    mask = jnp.asarray(spec.tree.child_mask)
+    node = jnp.sum(edge, -1)
+    cond = jnp.where(mask[None], edge / jnp.maximum(node[..., None], jnp.finfo(X.dtype).tiny), 0.0)
+    return {"leaf": leaf, "edge": edge, "node": node, "conditional": cond}
+
+
+def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+    """Per-leaf predictive means (class probabilities for categorical experts), (n, L, k)."""
+    X = jnp.asarray(X)
+    return _experts.family(spec).mean(spec, params.experts, make_design(spec, X).expert)
+
+
+def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+    """Predictive mean E[y | x] = Σ_l π_l(x) μ_l(x): (n, n_outputs); class probabilities for categorical."""
+    return jnp.einsum("nl,nlk->nk", gate_path_probs(spec, params, X), leaf_means(spec, params, X))
+
+
+def predict_proba(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+    """Class probabilities p(y = c | x), (n, n_classes); categorical experts only."""
+    if spec.expert != "categorical":
+        raise ValueError("predict_proba needs categorical experts")
+    return predict_mean(spec, params, X)

@@ -1,0 +1,91 @@
+"""Parameter pytrees of an HME (NamedTuples: jit/vmap friendly, picklable after ``jax.device_get``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .spec import ModelSpec
+
+
+class GateParams(NamedTuple):
+    """All gates of the tree, stacked in level order.
+
+    bias : array of shape (n_gates, max_branching)
+        ``b_{g,c}``; child 0 of every gate is the reference (bias 0).
+    weight : array of shape (n_gates, max_branching, n_gate_features)
+        Softmax: slopes ``w_{g,c}`` (``w_{g,0} = 0``). Laplace: keys ``W_{g,c}`` in input space.
+    """
+
+    bias: jax.Array
+    weight: jax.Array
+
+
+class ExpertParams(NamedTuple):
+    """All leaves, left to right.
+
+    intercept : array of shape (n_leaves, k)
+    coef : array of shape (n_leaves, n_expert_features, k)
+        ``k`` = n_outputs (Gaussian, Poisson) or n_classes - 1 (categorical; class 0 is the reference).
+    cov : array of shape (n_leaves, n_outputs, n_outputs), or None for GLM experts
+        Gaussian noise covariance (identical copies when shared).
+    """
+
+    intercept: jax.Array
+    coef: jax.Array
+    cov: Optional[jax.Array]
+
+
+class HMEParams(NamedTuple):
+    gates: GateParams
+    experts: ExpertParams
+
+
+def zeros_params(spec: ModelSpec, dtype=jnp.float32) -> HMEParams:
+    """Parameters of the right shapes: gates uniform, experts zero, unit covariance."""
+    t = spec.tree
+    k = spec.n_expert_outputs
+    gates = GateParams(
+        jnp.zeros((t.n_gates, t.max_branching), dtype),
+        jnp.zeros((t.n_gates, t.max_branching, spec.n_gate_features), dtype),
+    )
+    cov = None
+    if spec.expert == "gaussian":
+        cov = jnp.broadcast_to(jnp.eye(spec.n_targets, dtype=dtype), (t.n_leaves, spec.n_targets, spec.n_targets))
+    experts = ExpertParams(
+        jnp.zeros((t.n_leaves, k), dtype), jnp.zeros((t.n_leaves, spec.n_expert_features, k), dtype), cov
+    )
+    return HMEParams(gates, experts)
+
+
+def check_params(spec: ModelSpec, params: HMEParams) -> None:
+    """Raise ``ValueError`` when the shapes of ``params`` do not fit ``spec``."""
+    ref = zeros_params(spec)
+    got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), params)
+    want = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), ref)
+    if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want) or got != want:
+        raise ValueError(f"parameter shapes {got} do not match the model specification {want}")
+
+
+def cast_params(params: HMEParams, dtype) -> HMEParams:
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def center_params(spec: ModelSpec, params: HMEParams, x_mean: jax.Array, sign: float = 1.0) -> HMEParams:
+    """Re-express ``params`` for inputs shifted by ``x_mean`` (sign=+1: to centred inputs; -1: back).
+
+    Centering is an exact reparametrisation: ``w·x + b = w·(x - m) + (b + w·m)`` for softmax gates and
+    linear predictors, ``‖W - x‖ = ‖(W - m) - (x - m)‖`` for Laplace keys.
+    """
+    g, e = params
+    mg = x_mean if spec.gate_features is None else x_mean[jnp.asarray(spec.gate_features, int)]
+    me = x_mean if spec.expert_features is None else x_mean[jnp.asarray(spec.expert_features, int)]
+    if spec.gate == "softmax":
+        g = GateParams(g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg), g.weight)
+    else:
+        g = GateParams(g.bias, g.weight - sign * mg)
+    e = ExpertParams(e.intercept + sign * jnp.einsum("lpk,p->lk", e.coef, me), e.coef, e.cov)
+    return HMEParams(g, e)
