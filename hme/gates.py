@@ -46,7 +46,7 @@ def gate_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Ar
 
 def gate_log_probs(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
     """Log gate probabilities of every gate, (n, n_gates, max_branching); absent children give 0."""
-    mask = jnp.asarray(spec.tree.child_mask)
+    mask = spec.tree.child_mask
     return masked_log_softmax(gate_logits(spec, design, gates), mask)
 
 
@@ -66,7 +66,7 @@ def m_step(
     edge_w : (n, G, B) posterior mass through each edge times sample weight (soft targets);
     node_w : (n, G) posterior mass at each gate (case weights).
     """
-    mask = jnp.asarray(spec.tree.child_mask)
+    mask = spec.tree.child_mask
     dtype = design.dtype
     if spec.gate == "softmax":
         q = design.shape[1]
@@ -144,7 +144,7 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
     grad = grad.at[..., 0].add(-gate_alpha * gates.bias)
     hess = hess - gate_alpha * jnp.einsum("bc,ij->bicj", jnp.eye(B, dtype=dtype), jnp.diag(jnp.eye(P, dtype=dtype)[0]))
     # free parameters: existing children; the reference child's bias is fixed at 0
-    free = jnp.broadcast_to(mask[:, :, None], (G, B, P)).at[:, 0, 0].set(False)
+    free = jnp.broadcast_to(jnp.asarray(mask)[:, :, None], (G, B, P)).at[:, 0, 0].set(False)
     grad = jnp.where(free, grad, 0.0).reshape(G, B * P)
     neg = -hess.reshape(G, B * P, B * P)
     f2 = free.reshape(G, B * P)

@@ -8,6 +8,7 @@ logit of :mod:`hme._logit` with case weights = leaf posteriors × sample weights
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from .._logit import logit_m_step, masked_log_softmax
 from ..params import ExpertParams
@@ -23,7 +24,7 @@ def _theta(experts):
 def _log_probs(experts, design):
     eta = linear_predictor(experts, design)  # (n, L, C-1)
     eta = jnp.concatenate([jnp.zeros_like(eta[..., :1]), eta], -1)
-    return masked_log_softmax(eta, jnp.ones(eta.shape[-1:], bool))
+    return masked_log_softmax(eta, np.ones(eta.shape[-1:], bool))
 
 
 def log_prob(spec, experts, design, y):
@@ -46,7 +47,7 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     pen = jnp.full((q,), opts.alpha, design.dtype).at[0].set(0.0)
     targets = leaf_w[:, :, None] * y[:, None, :]
     totals = leaf_w * jnp.sum(y, 1)[:, None]
-    mask = jnp.ones((L, C), bool)
+    mask = np.ones((L, C), bool)
     th = logit_m_step(design, _theta(experts), aux, targets, totals, mask, pen, solver, leaf_gram)
     th = th[:, 1:, :].transpose(0, 2, 1)  # (L, q, C-1)
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)

@@ -1,0 +1,32 @@
+# `make demo` and `make test` each create .venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+
+.PHONY: demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hme demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -m "not slow" tests/test_em.py -k "float32 or recompile"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_em.py
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache *.egg-info
