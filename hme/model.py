@@ -12,6 +12,7 @@ incidence matrix ``A`` of :class:`hme.tree.TreeSpec`: ``log π = log_gates @ A``
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -88,6 +89,7 @@ def _prepare_y(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
     return (y[:, None] if y.ndim == 1 else y).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Prior probability of reaching each leaf, π_l(x): array of shape (n_samples, n_leaves), rows sum to 1."""
     X = jnp.asarray(X)
@@ -95,12 +97,14 @@ def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Arr
     return jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> jax.Array:
     """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,)."""
     X = jnp.asarray(X)
     return joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype)).log_lik
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> dict:
     """Posterior probabilities given (x, y).
 
@@ -118,12 +122,14 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
     return {"leaf": leaf, "edge": edge, "node": node, "conditional": cond}
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Per-leaf predictive means (class probabilities for categorical experts), (n, L, k)."""
     X = jnp.asarray(X)
     return _experts.family(spec).mean(spec, params.experts, make_design(spec, X).expert)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Predictive mean E[y | x] = Σ_l π_l(x) μ_l(x): (n, n_outputs); class probabilities for categorical."""
     return jnp.einsum("nl,nlk->nk", gate_path_probs(spec, params, X), leaf_means(spec, params, X))

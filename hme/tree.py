@@ -182,9 +182,19 @@ class TreeSpec:
         return int(self._tables["leaf_depth"].max())
 
     @property
+    def level_branching(self) -> tuple:
+        """Branching factors along the leftmost path (per level for a complete tree)."""
+        levels, node = [], self.structure
+        while node != ():
+            levels.append(len(node))
+            node = node[0]
+        return tuple(levels)
+
+    @property
     def is_complete(self) -> bool:
-        d = self._tables["leaf_depth"]
-        return bool((d == d[0]).all() and self._tables["child_mask"].all())
+        """All leaves at one depth and every gate of a level with the same number of children."""
+        b = self.level_branching
+        return self == TreeSpec.complete(len(b), b)
 
     @property
     def edge_leaf(self) -> np.ndarray:
@@ -217,9 +227,5 @@ class TreeSpec:
 
     def __repr__(self) -> str:
         if self.is_complete:
-            levels, node = [], self.structure
-            while node != ():
-                levels.append(len(node))
-                node = node[0]
-            return f"TreeSpec.complete(depth={len(levels)}, branching={tuple(levels)})"
+            return f"TreeSpec.complete(depth={self.depth}, branching={self.level_branching})"
         return f"TreeSpec.from_nested({self.structure!r})"
