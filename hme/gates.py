@@ -4,7 +4,7 @@ r"""Gate families: log gate probabilities of every gate at once, and their M-ste
   M-step: weighted multinomial logit with soft targets (:mod:`hme._logit`).
 * laplace (FuseMoE, theory.md §1.2): ``log g_{g,c}(x) = -‖W_{g,c} - x‖_ε + b_{g,c} - logsumexp``, with the
   smoothed distance ``‖v‖_ε = sqrt(‖v‖² + ε²)``. M-step: modified Newton (eigenvalues of the negative Hessian
-  clipped to stay positive) with step halving on the same weighted soft-target objective.
+  replaced by their absolute values, floored) with step halving on the same weighted soft-target objective.
 
 Designs: softmax gates read ``Dg = [1, X_gate]``; Laplace gates read the raw gate features ``X_gate``.
 """
@@ -152,8 +152,10 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
     neg = jnp.where(both, neg, 0.0) + jax.vmap(jnp.diag)(jnp.where(f2, 0.0, 1.0).astype(dtype))
     neg = 0.5 * (neg + jnp.swapaxes(neg, 1, 2))
     lam, vec = jnp.linalg.eigh(neg)
-    floor = 1e-6 * jnp.max(jnp.abs(lam), axis=-1, keepdims=True) + jnp.finfo(dtype).tiny ** 0.5
-    lam = jnp.maximum(lam, floor)
+    # Saddle-free modification: directions of negative curvature (the distance is not concave) keep their
+    # scale |λ| instead of being clipped to a tiny floor, which would produce huge steps that halving rejects.
+    floor = 1e-4 * jnp.max(jnp.abs(lam), axis=-1, keepdims=True) + jnp.finfo(dtype).tiny ** 0.5
+    lam = jnp.maximum(jnp.abs(lam), floor)
     step = jnp.einsum("gij,gj,gkj,gk->gi", vec, 1.0 / lam, vec, grad)
     step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
     theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)

@@ -7,7 +7,6 @@ recursion over nodes, a Python loop over samples, and textbook densities from Sc
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 from scipy.special import gammaln, logsumexp
 
 
@@ -41,7 +40,10 @@ def gate_probs(gate, p_gate, bias, weight, x_gate, eps):
 def leaf_density(spec, experts, l, x_exp, yt):
     eta = experts.intercept[l] + x_exp @ experts.coef[l]  # (k,)
     if spec.expert == "gaussian":
-        return stats.multivariate_normal(mean=eta, cov=experts.cov[l]).pdf(yt)
+        cov = experts.cov[l]
+        diff = yt - eta
+        maha = diff @ np.linalg.inv(cov) @ diff
+        return float(np.exp(-0.5 * maha) / np.sqrt((2 * np.pi) ** len(yt) * np.linalg.det(cov)))
     if spec.expert == "categorical":
         logits = np.concatenate([[0.0], eta])
         p = np.exp(logits - logsumexp(logits))
