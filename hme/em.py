@@ -297,7 +297,8 @@ def fit_em(
     init : {"kmeans", "kmeans_xy", "random"}; ignored when ``init_params`` is given
     init_params : HMEParams to start from (then every restart starts there)
     n_init : restarts, vectorised with ``vmap`` over PRNG keys; the best penalised log-likelihood wins
-    random_state : int or a ``jax.random`` key; fixes every random choice
+    random_state : int, a ``jax.random`` key, or an array of ``n_init`` keys (one per restart); fixes every
+        random choice
     max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * |objective|
     alpha : ridge on expert slopes (Gaussian experts: penalty ``α/2 tr(Σ⁻¹ BᵀB)``), default 1e-6
     gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4
@@ -356,8 +357,16 @@ def fit_em(
     if not np.all(np.asarray(vf) > 0):
         raise ValueError("var_floor must be > 0")
     opts = FitOptions(jnp.asarray(tol, dtype), jnp.asarray(alpha, dtype), jnp.asarray(gate_alpha, dtype), vf)
-    key = jax.random.PRNGKey(random_state) if isinstance(random_state, (int, np.integer)) else random_state
-    keys = jax.random.split(key, n_init)
+    if isinstance(random_state, (int, np.integer)):
+        keys = jax.random.split(jax.random.PRNGKey(int(random_state)), n_init)
+    else:
+        key = jnp.asarray(random_state)
+        if key.ndim == 2:  # one key per restart
+            if key.shape[0] != n_init:
+                raise ValueError(f"got {key.shape[0]} keys for n_init={n_init}")
+            keys = key
+        else:
+            keys = jax.random.split(key, n_init)
     user = init_params is not None
     if user:
         check_params(spec, init_params)
