@@ -1,0 +1,192 @@
+"""EM speed against the hardware floor: compile time, time per EM iteration, GFLOP/s, memory.
+
+For every (n, d, depth) of a binary tree with Gaussian experts and softmax gates on all d inputs it prints
+
+* compile   -- seconds to compile the whole `fit_em` program (init + restarts + EM loop);
+* iter      -- median seconds of one steady-state EM iteration (E-step + M-step, compiled);
+* stats GF/s -- achieved GFLOP/s of the expert and gate sufficient statistics (weighted Gram matrices);
+* floor     -- 2·n·d²·n_leaves flops (the experts' statistics) at the matmul rate measured by this script;
+* ratio     -- iter / floor (the issue's target: <= 3 at n = 1e6, d = 20, depth 4);
+* mem/X     -- extra peak resident memory while fitting, in units of the size of X (target: < 4 plus O(n·L)).
+
+Each configuration runs in its own process (clean memory peaks). Usage:
+
+    python benchmarks/bench_em.py                      # the full grid (about 10 minutes on 2 cores)
+    python benchmarks/bench_em.py --n 1000000 --d 20 --depth 4 --gate-solver bound
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def _matmul_rate(dtype, size=2048, reps=7):
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        ts.append(time.perf_counter() - t)
+    return 2 * size**3 / np.median(ts) / 1e9
+
+
+def _median_time(f, *args, reps=5):
+    import jax
+
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+class _PeakRSS:
+    """Samples the resident set size in a background thread."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.start = self.proc.memory_info().rss
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def run_one(n, d, depth, dtype_name, gate_solver, rate):
+    import jax
+    import jax.numpy as jnp
+
+    import hme
+    from hme import em
+    from hme._linalg import padded_length, weighted_gram
+    from hme.model import make_design
+
+    dtype = np.dtype(dtype_name)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = (np.sin(2 * X[:, 0]) + X[:, 1] * (X[:, 2 % d] > 0) + 0.1 * rng.normal(size=n)).astype(dtype)
+    spec = hme.make_spec(d, depth=depth)
+    L = spec.tree.n_leaves
+
+    # compile time of the whole fit program
+    kw = dict(max_iter=5, tol=0.0, gate_solver=gate_solver)
+    t = time.perf_counter()
+    res = hme.fit_em(spec, X, y, **kw)
+    jax.block_until_ready(res)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    res = hme.fit_em(spec, X, y, **kw)
+    jax.block_until_ready(res)
+    second = time.perf_counter() - t
+    compile_s = first - second
+
+    with _PeakRSS() as mem:
+        jax.block_until_ready(hme.fit_em(spec, X, y, **kw))
+    extra = mem.peak - mem.start
+
+    # steady-state iteration on the padded, centred data the fit uses
+    n_pad = padded_length(n)
+    Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
+    data = em.FitData(
+        make_design(spec, Xc),
+        jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
+        jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
+    )
+    opts = em.FitOptions(*(jnp.asarray(v, dtype) for v in (0.0, 1e-6, 1e-4)), jnp.full((1,), 1e-6, dtype))
+    cfg = em.FitConfig(gate_solver=gate_solver)
+    params = jax.tree_util.tree_map(jnp.asarray, res.params)
+    params = hme.params.center_params(spec, params, jnp.asarray(X.mean(0)), +1.0)
+    step = jax.jit(lambda p, data: em.em_step(spec, cfg, p, data, opts)[1])
+    it = _median_time(step, params, data)
+
+    # the sufficient statistics alone: leaf Grams (+ gate Hessian Grams for the Newton solver)
+    st = jax.jit(lambda p, data: em.e_step(spec, p, data, opts))(params, data)
+    K = L + (spec.tree.n_gates if gate_solver == "newton" else 0)
+    W = jnp.concatenate([st.leaf_w] + ([st.leaf_w[:, : spec.tree.n_gates]] if gate_solver == "newton" else []), 1)
+    gram = jax.jit(weighted_gram)
+    t_stats = _median_time(gram, data.design.expert, W)
+    q = d + 1
+    stats_gflops = 2 * n_pad * q * q * K / t_stats / 1e9
+    floor = 2 * n * d * d * L / (rate * 1e9)
+    return dict(
+        n=n, d=d, depth=depth, leaves=L, dtype=dtype_name, gate_solver=gate_solver,
+        compile_s=compile_s, iter_s=it, stats_gflops=stats_gflops, floor_s=floor, ratio=it / floor,
+        mem_over_X=extra / X.nbytes, extra_mb=extra / 2**20, x_mb=X.nbytes / 2**20,
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--d", type=int, nargs="+", default=[5, 20])
+    ap.add_argument("--depth", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--gate-solver", default="newton", choices=["newton", "bound"])
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rate", type=float, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.dtype == "float64":
+        os.environ["JAX_ENABLE_X64"] = "1"
+    import jax
+
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if args.one:
+        out = run_one(args.n[0], args.d[0], args.depth[0], args.dtype, args.gate_solver, args.rate)
+        print("RESULT " + json.dumps(out))
+        return
+    import jax.numpy as jnp
+
+    rate = _matmul_rate(jnp.float32 if args.dtype == "float32" else jnp.float64)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cores; jax {jax.__version__}")
+    print(f"measured matmul rate ({args.dtype}, 2048x2048): {rate:.1f} GFLOP/s; gate solver: {args.gate_solver}\n")
+    head = f"{'n':>8s} {'d':>3s} {'depth':>5s} {'leaves':>6s} {'compile s':>9s} {'iter s':>8s} {'stats GF/s':>10s} {'floor s':>8s} {'ratio':>6s} {'mem/X':>6s} {'X MB':>7s}"
+    print(head)
+    print("-" * len(head))
+    for n in args.n:
+        for d in args.d:
+            for depth in args.depth:
+                cmd = [sys.executable, __file__, "--one", "--n", str(n), "--d", str(d), "--depth", str(depth),
+                       "--dtype", args.dtype, "--gate-solver", args.gate_solver, "--rate", str(rate)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                if not line:
+                    print(f"{n:8d} {d:3d} {depth:5d}  failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(line[0][7:])
+                print(f"{n:8d} {d:3d} {depth:5d} {r['leaves']:6d} {r['compile_s']:9.2f} {r['iter_s']:8.4f} "
+                      f"{r['stats_gflops']:10.1f} {r['floor_s']:8.4f} {r['ratio']:6.1f} {r['mem_over_X']:6.1f} {r['x_mb']:7.1f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
