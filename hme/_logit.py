@@ -66,6 +66,21 @@ def unit_objective(design, theta, targets, mask, penalty):
     return jnp.einsum("nub,nub->u", targets, logp) - 0.5 * jnp.einsum("ubq,q->u", theta**2, penalty)
 
 
+def free_probs(log_prob: jax.Array, mask) -> jax.Array:
+    """Probabilities of the non-reference classes, (n, U, B-1); absent classes 0."""
+    mask = np.asarray(mask, bool)
+    return jnp.where(mask[None, :, 1:], jnp.exp(log_prob[:, :, 1:]), 0.0)
+
+
+def newton_weights(log_prob: jax.Array, totals: jax.Array, mask) -> jax.Array:
+    """Case weights of the exact Hessian blocks, ``n_tu (δ_bb' p_b - p_b p_b')``: (n, U (B-1)²)."""
+    p = free_probs(log_prob, mask)
+    n, U, Bf = p.shape
+    eye_b = jnp.eye(Bf, dtype=p.dtype)
+    w = totals[:, :, None, None] * (p[:, :, :, None] * eye_b - p[:, :, :, None] * p[:, :, None, :])
+    return w.reshape(n, U * Bf * Bf)
+
+
 def logit_m_step(
     design: jax.Array,
     theta: jax.Array,
@@ -76,6 +91,7 @@ def logit_m_step(
     penalty: jax.Array,
     solver: str = "newton",
     node_gram: jax.Array | None = None,
+    hessian_gram: jax.Array | None = None,
 ) -> jax.Array:
     """One warm-started Newton (or bound) step with halving for every unit.
 
@@ -83,14 +99,16 @@ def logit_m_step(
     ----------
     design : (n, q); theta : (U, B, q); log_prob : (n, U, B) at ``theta`` (masked entries 0);
     targets : (n, U, B); totals : (n, U); mask : (U, B) valid classes; penalty : (q,) ridge per column;
-    node_gram : (U, q, q) ``Σ_t totals_tu d_t d_tᵀ`` (required for ``solver="bound"``).
+    node_gram : (U, q, q) ``Σ_t totals_tu d_t d_tᵀ`` (required for ``solver="bound"``);
+    hessian_gram : (U (B-1)², q, q) ``weighted_gram(design, newton_weights(...))`` when the caller computed it
+        in a shared pass (``solver="newton"``).
     """
     n, q = design.shape
     U, B, _ = theta.shape
     Bf = B - 1
     mask = np.asarray(mask, bool)
     # the reference class needs no probability: only classes 1.. carry free coefficients
-    prob = jnp.where(mask[None, :, 1:], jnp.exp(log_prob[:, :, 1:]), 0.0)  # (n, U, B-1)
+    prob = free_probs(log_prob, mask)  # (n, U, B-1)
     resid = targets[:, :, 1:] - totals[:, :, None] * prob
     grad = (design.T @ resid.reshape(n, U * Bf)).reshape(q, U, Bf).transpose(1, 2, 0)
     grad = grad - penalty * theta[:, 1:, :]
@@ -98,9 +116,9 @@ def logit_m_step(
     grad = jnp.where(free[:, :, None], grad, 0.0)
     eye_b = jnp.eye(Bf, dtype=design.dtype)
     if solver == "newton":
-        p = prob
-        w = totals[:, :, None, None] * (p[:, :, :, None] * eye_b - p[:, :, :, None] * p[:, :, None, :])
-        blocks = weighted_gram(design, w.reshape(n, U * Bf * Bf)).reshape(U, Bf, Bf, q, q)
+        if hessian_gram is None:
+            hessian_gram = weighted_gram(design, newton_weights(log_prob, totals, mask))
+        blocks = hessian_gram.reshape(U, Bf, Bf, q, q)
     elif solver == "bound":
         n_valid = mask.sum(-1).astype(design.dtype)  # (U,)
         coef = 0.5 * (eye_b - 1.0 / n_valid[:, None, None])  # (U, Bf, Bf)

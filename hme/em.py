@@ -27,6 +27,7 @@ import numpy as np
 from . import experts as _experts
 from . import gates as _gates
 from ._linalg import padded_length, weighted_gram
+from ._logit import newton_weights
 from .init import INIT_METHODS, initial_responsibilities, params_from_responsibilities
 from .model import Design, edge_mass, joint, make_design
 from .params import HMEParams, cast_params, center_params, check_params
@@ -124,7 +125,7 @@ def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) 
     w = data.weight
     total = jnp.sum(w)
     ll = jnp.sum(w * j.log_lik)
-    leaf_w = jnp.exp(j.log_path + j.leaf_log_lik - j.log_lik[:, None]) * w[:, None]
+    leaf_w = j.leaf_post * w[:, None]
     obj = (ll - penalty(spec, params, opts)) / total
     return EStep(obj, ll / total, leaf_w, j.gate_log_prob, j.aux)
 
@@ -137,9 +138,17 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
         or (spec.expert == "categorical" and cfg.expert_solver == "bound")
         or (spec.shares_design and cfg.gate_solver == "bound")
     )
-    leaf_gram = weighted_gram(De, st.leaf_w) if needs_leaf_gram else None
     edge_w = edge_mass(spec, st.leaf_w)
     node_w = jnp.sum(edge_w, -1)
+    hessian_gram = None
+    if needs_leaf_gram and spec.shares_design and spec.gate == "softmax" and cfg.gate_solver == "newton":
+        # One streaming pass over the design for the experts' Grams and the gates' exact Hessians.
+        hw = newton_weights(st.gate_log_prob, node_w, spec.tree.child_mask)
+        L = st.leaf_w.shape[1]
+        grams = weighted_gram(De, jnp.concatenate([st.leaf_w, hw], axis=1))
+        leaf_gram, hessian_gram = grams[:L], grams[L:]
+    else:
+        leaf_gram = weighted_gram(De, st.leaf_w) if needs_leaf_gram else None
     node_gram = None
     if spec.gate == "softmax" and cfg.gate_solver == "bound":
         if spec.shares_design:
@@ -147,7 +156,9 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
             node_gram = jnp.einsum("gl,lij->gij", jnp.asarray(spec.tree.gate_leaf, De.dtype), leaf_gram)
         else:
             node_gram = weighted_gram(Dg, node_w)
-    gates = _gates.m_step(spec, params.gates, Dg, st.gate_log_prob, edge_w, node_w, opts.gate_alpha, cfg.gate_solver, node_gram)
+    gates = _gates.m_step(
+        spec, params.gates, Dg, st.gate_log_prob, edge_w, node_w, opts.gate_alpha, cfg.gate_solver, node_gram, hessian_gram
+    )
     if spec.expert == "categorical":
         ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
     else:

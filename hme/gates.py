@@ -60,6 +60,7 @@ def m_step(
     gate_alpha,
     solver: str,
     node_gram: jax.Array | None = None,
+    hessian_gram: jax.Array | None = None,
 ) -> GateParams:
     """Generalized M-step for all gates: one warm-started (modified) Newton step with halving each.
 
@@ -72,7 +73,7 @@ def m_step(
         q = design.shape[1]
         penalty = jnp.full((q,), gate_alpha, dtype)
         theta = logit_m_step(
-            design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram
+            design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram, hessian_gram
         )
         return GateParams(theta[..., 0], theta[..., 1:])
     return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask)

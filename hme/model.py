@@ -66,15 +66,23 @@ class Joint(NamedTuple):
     log_path: jax.Array  # (n, L)
     leaf_log_lik: jax.Array  # (n, L)
     log_lik: jax.Array  # (n,)
+    leaf_post: jax.Array  # (n, L) posterior leaf probabilities h_l
     aux: object  # family-specific cache for the M-step
 
 
 def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> Joint:
+    """Everything the E-step needs. log p(y|x) and the leaf posteriors share one set of exponentials:
+    with ``a = log π + log P`` and ``m = max_l a``: ``log p = m + log Σ e^{a-m}``, ``h = e^{a-m} / Σ e^{a-m}``."""
     glp = _gates.gate_log_probs(spec, design.gate, params.gates)
     log_path = log_path_from_gates(spec, glp)
     leaf_ll, aux = _experts.family(spec).log_prob(spec, params.experts, design.expert, y)
-    log_lik = jax.nn.logsumexp(log_path + leaf_ll, axis=1)
-    return Joint(glp, log_path, leaf_ll, log_lik, aux)
+    a = log_path + leaf_ll
+    m = jax.lax.stop_gradient(jnp.max(a, axis=1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(a - m)
+    s = jnp.sum(e, axis=1, keepdims=True)
+    log_lik = (m + jnp.log(s))[:, 0]
+    return Joint(glp, log_path, leaf_ll, log_lik, e / s, aux)
 
 
 # -- public functional API on raw inputs -----------------------------------------------------------------
@@ -114,7 +122,7 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
     """
     X = jnp.asarray(X)
     j = joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype))
-    leaf = jnp.exp(j.log_path + j.leaf_log_lik - j.log_lik[:, None])
+    leaf = j.leaf_post
     edge = edge_mass(spec, leaf)
     mask = jnp.asarray(spec.tree.child_mask)
     node = jnp.sum(edge, -1)

@@ -227,3 +227,13 @@ def test_bad_input_is_rejected(kwargs, match, rng):
     X, y = args.pop("X"), args.pop("y")
     with pytest.raises(ValueError, match=match):
         hme.fit_em(spec, X, y, **args)
+
+
+def test_import_does_not_flip_x64():
+    import subprocess
+    import sys
+
+    code = "import jax; before = jax.config.jax_enable_x64; import hme; print(before, jax.config.jax_enable_x64)"
+    env = {k: v for k, v in __import__('os').environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out == ["False", "False"]
