@@ -1,7 +1,6 @@
-"""scikit-learn estimators over the functional core (installed as ``hme.estimators``).
+"""scikit-learn estimators over the functional core (installed as ``hme.estimators``; re-exported by ``hme``)."""
 
-The estimators themselves (``HMERegressor``, ``HMEClassifier``) are the subject of issue #3; this package is
-where they live, so that the core never depends on scikit-learn's estimator machinery.
-"""
+from .classifier import HMEClassifier
+from .regressor import HMERegressor
 
-__all__: list[str] = []
+__all__ = ["HMEClassifier", "HMERegressor"]

@@ -30,3 +30,8 @@ __all__ = [
     "run_em",
     "zeros_params",
 ]
+
+from . import datasets  # noqa: E402
+from .estimators import HMEClassifier, HMERegressor  # noqa: E402
+
+__all__ += ["HMEClassifier", "HMERegressor", "datasets"]

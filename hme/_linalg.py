@@ -14,8 +14,12 @@ _KR_MAX_COLUMNS = 48
 
 
 def padded_length(n: int) -> int:
-    """Number of rows after padding ``n`` to a whole number of ``CHUNK`` blocks (no padding when n <= CHUNK)."""
-    return n if n <= CHUNK else -(-n // CHUNK) * CHUNK
+    """Rows after padding: the next power of two (at least 16) up to ``CHUNK``, then whole ``CHUNK`` blocks.
+
+    Fits pad with zero-weight rows, so data sets of nearby sizes share one compiled program."""
+    if n <= CHUNK:
+        return max(16, 1 << max(n - 1, 0).bit_length())
+    return -(-n // CHUNK) * CHUNK
 
 
 def _blocks(a: jax.Array, chunk: int) -> jax.Array:

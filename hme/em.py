@@ -383,4 +383,9 @@ def fit_em(
         check_params(spec, init_params)
         init_params = cast_params(init_params, dtype)
     cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, user)
+    pad = padded_length(n) - n
+    if pad:  # zero-weight rows: nearby sample sizes reuse one compiled program
+        X = jnp.pad(X, ((0, pad), (0, 0)))
+        y = jnp.pad(y, ((0, pad), (0, 0)))
+        w = jnp.pad(w, (0, pad))
     return _fit(spec, cfg, X, y, w, keys, opts, init_params)

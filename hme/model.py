@@ -97,6 +97,27 @@ def _prepare_y(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
     return (y[:, None] if y.ndim == 1 else y).astype(dtype)
 
 
+def _bucketed(fn):
+    """Pad the rows of X (and y) to a size bucket before calling a jitted function, then slice: predictions
+    on data sets of nearby sizes reuse one compiled program."""
+
+    @functools.wraps(fn)
+    def wrapper(spec, params, X, *rest):
+        from ._linalg import padded_length
+
+        X = jnp.asarray(X)
+        n = X.shape[0]
+        pad = padded_length(n) - n
+        if pad:
+            X = jnp.pad(X, ((0, pad), (0, 0)))
+            rest = tuple(jnp.pad(jnp.asarray(r), ((0, pad),) + ((0, 0),) * (jnp.ndim(r) - 1)) for r in rest)
+        out = fn(spec, params, X, *rest)
+        return jax.tree_util.tree_map(lambda a: a[:n], out)
+
+    return wrapper
+
+
+@_bucketed
 @functools.partial(jax.jit, static_argnums=0)
 def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Prior probability of reaching each leaf, π_l(x): array of shape (n_samples, n_leaves), rows sum to 1."""
@@ -105,6 +126,7 @@ def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Arr
     return jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
 
 
+@_bucketed
 @functools.partial(jax.jit, static_argnums=0)
 def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> jax.Array:
     """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,)."""
@@ -112,6 +134,7 @@ def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Arra
     return joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype)).log_lik
 
 
+@_bucketed
 @functools.partial(jax.jit, static_argnums=0)
 def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> dict:
     """Posterior probabilities given (x, y).
@@ -130,6 +153,7 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
     return {"leaf": leaf, "edge": edge, "node": node, "conditional": cond}
 
 
+@_bucketed
 @functools.partial(jax.jit, static_argnums=0)
 def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Per-leaf predictive means (class probabilities for categorical experts), (n, L, k)."""
@@ -137,6 +161,7 @@ def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     return _experts.family(spec).mean(spec, params.experts, make_design(spec, X).expert)
 
 
+@_bucketed
 @functools.partial(jax.jit, static_argnums=0)
 def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
     """Predictive mean E[y | x] = Σ_l π_l(x) μ_l(x): (n, n_outputs); class probabilities for categorical."""

@@ -1,12 +1,15 @@
 """Random specs and parameters for tests."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import hme
 
 
-def random_params(spec, rng, dtype=np.float64, gate_scale=1.0):
+def random_params(spec, rng, dtype=None, gate_scale=1.0):
+    if dtype is None:
+        dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     t = spec.tree
     k = spec.n_expert_outputs
     mask = t.child_mask

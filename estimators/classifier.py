@@ -1,0 +1,118 @@
+"""HMEClassifier: Bernoulli / multinomial-logit experts behind the scikit-learn API."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+import hme
+from hme import model as _model
+
+from ._base import _HMEBase, _precision
+
+
+class HMEClassifier(ClassifierMixin, _HMEBase):
+    """Hierarchical mixture of experts classification: logistic (two classes) or multinomial-logit experts.
+
+    Parameters are those of :class:`HMERegressor` without the Gaussian options. Labels may be strings,
+    integers or booleans; ``classes_`` holds them in sorted order, and class 0 of every expert is the reference.
+
+    Attributes
+    ----------
+    classes_, params_, gate_coef_, gate_intercept_, expert_coef_ (n_leaves, n_expert_features, n_classes - 1),
+    expert_intercept_ (n_leaves, n_classes - 1), n_iter_, converged_, lower_bound_, lower_bounds_
+    """
+
+    def __init__(
+        self,
+        depth=2,
+        branching=2,
+        gate="softmax",
+        gate_features=None,
+        expert_features=None,
+        alpha=1e-6,
+        gate_alpha=1e-4,
+        max_iter=200,
+        tol=1e-6,
+        n_init=1,
+        init_params="kmeans_xy",
+        gate_solver="newton",
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+    ):
+        self.depth = depth
+        self.branching = branching
+        self.gate = gate
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.alpha = alpha
+        self.gate_alpha = gate_alpha
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_params = init_params
+        self.gate_solver = gate_solver
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    def fit(self, X, y, sample_weight=None):
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"HMEClassifier needs samples of at least 2 classes in the data, but the data contain only one "
+                f"class: {self.classes_[0]!r}"
+            )
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        if not sample_weight.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum")
+        spec = hme.ModelSpec(
+            self._tree(),
+            n_features=self.n_features_in_,
+            n_targets=len(self.classes_),
+            gate=self.gate,
+            expert="categorical",
+            gate_features=self._resolve_features(self.gate_features, "gate_features"),
+            expert_features=self._resolve_features(self.expert_features, "expert_features"),
+        )
+        self._check_min_samples(X.shape[0], spec)
+        return self._fit_core(X, codes.astype(np.int32), sample_weight, spec)
+
+    def _core_y(self, y):
+        y = np.asarray(y)
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.clip(idx, 0, len(self.classes_) - 1)
+        if not np.all(self.classes_[idx] == y):
+            raise ValueError("y contains labels not seen during fit")
+        return idx.astype(np.int32)
+
+    def predict_proba(self, X):
+        """Class probabilities, columns in the order of ``classes_``."""
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            p = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X))
+        return p
+
+    def predict_log_proba(self, X):
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    @property
+    def expert_coef_(self):
+        check_is_fitted(self, "params_")
+        return self.params_.experts.coef
+
+    @property
+    def expert_intercept_(self):
+        check_is_fitted(self, "params_")
+        return self.params_.experts.intercept

@@ -1,0 +1,252 @@
+"""HMERegressor: Gaussian (single or multi-output) or Poisson experts behind the scikit-learn API."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy.special import ndtr
+from scipy.stats import poisson as _poisson
+from sklearn.base import RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+import hme
+from hme import model as _model
+
+from ._base import _HMEBase, _precision
+
+
+class HMERegressor(RegressorMixin, _HMEBase):
+    """Hierarchical mixture of experts regression (Jordan & Jacobs 1994), fitted by compiled EM.
+
+    Parameters
+    ----------
+    depth : int, default=2
+        Levels of gates (a binary depth-4 tree has 16 experts).
+    branching : int or tuple of int, default=2
+        Children per gate, or per level.
+    gate : {"softmax", "laplace"}, default="softmax"
+    expert : {"gaussian", "poisson"}, default="gaussian"
+        Gaussian linear experts (identity link) or Poisson experts (log link, counts).
+    covariance_type : {"full", "diag", "spherical"}, default="full"
+        Noise covariance of Gaussian experts with several outputs.
+    shared_covariance : bool, default=False
+        One noise covariance shared by all experts.
+    gate_features, expert_features : list of int or str, default=None
+        Columns (indices, or names when fitted on a DataFrame) seen by the gates / experts; None means all,
+        ``[]`` an intercept-only gate (a mixture of regressions with constant weights).
+    alpha : float, default=1e-6
+        Ridge on expert slopes (penalty α/2 tr(Σ⁻¹BᵀB)), on the summed log-likelihood scale.
+    gate_alpha : float, default=1e-4
+        Ridge on gate coefficients.
+    var_floor : float, default=1e-6
+        Floor on expert variances, relative to the variance of each output.
+    max_iter, tol, n_init, init_params, random_state, warm_start, verbose, verbose_interval
+        As in :class:`sklearn.mixture.GaussianMixture` (``tol`` is the relative change of the mean penalised
+        log-likelihood; ``init_params`` in {"kmeans_xy", "kmeans", "random"}).
+    gate_solver : {"newton", "bound"}, default="newton"
+
+    Attributes
+    ----------
+    params_ : HMEParams of NumPy arrays (gates in level order, leaves left to right)
+    gate_coef_, gate_intercept_, expert_coef_, expert_intercept_, expert_var_ : readable views
+    n_iter_, converged_, lower_bound_, lower_bounds_, log_likelihood_ : EM diagnostics
+    n_features_in_, feature_names_in_, n_outputs_
+    """
+
+    _parameter_constraints = {
+        **_HMEBase._parameter_constraints,
+        "expert": [StrOptions({"gaussian", "poisson"})],
+        "covariance_type": [StrOptions({"full", "diag", "spherical"})],
+        "shared_covariance": ["boolean"],
+        "var_floor": [Interval(numbers.Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        depth=2,
+        branching=2,
+        gate="softmax",
+        expert="gaussian",
+        covariance_type="full",
+        shared_covariance=False,
+        gate_features=None,
+        expert_features=None,
+        alpha=1e-6,
+        gate_alpha=1e-4,
+        var_floor=1e-6,
+        max_iter=200,
+        tol=1e-6,
+        n_init=1,
+        init_params="kmeans_xy",
+        gate_solver="newton",
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+    ):
+        self.depth = depth
+        self.branching = branching
+        self.gate = gate
+        self.expert = expert
+        self.covariance_type = covariance_type
+        self.shared_covariance = shared_covariance
+        self.gate_features = gate_features
+        self.expert_features = expert_features
+        self.alpha = alpha
+        self.gate_alpha = gate_alpha
+        self.var_floor = var_floor
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_params = init_params
+        self.gate_solver = gate_solver
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit by EM. ``y`` of shape (n_samples,) or (n_samples, n_outputs)."""
+        self._validate_params()
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        y = np.asarray(y, dtype=X.dtype)
+        self._y_1d = y.ndim == 1
+        Y = y[:, None] if y.ndim == 1 else y
+        self.n_outputs_ = Y.shape[1]
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        if not sample_weight.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum")
+        if self.expert == "poisson" and np.any(Y < 0):
+            raise ValueError("Poisson experts need non-negative targets y")
+        spec = hme.ModelSpec(
+            self._tree(),
+            n_features=self.n_features_in_,
+            n_targets=self.n_outputs_,
+            gate=self.gate,
+            expert=self.expert,
+            gate_features=self._resolve_features(self.gate_features, "gate_features"),
+            expert_features=self._resolve_features(self.expert_features, "expert_features"),
+            covariance_type=self.covariance_type,
+            shared_covariance=self.shared_covariance,
+        )
+        self._check_min_samples(X.shape[0], spec)
+        var_floor = None
+        if self.expert == "gaussian":
+            w = sample_weight / sample_weight.sum()
+            var = w @ (Y - w @ Y) ** 2
+            var_floor = self.var_floor * np.where(var > 0, var, 1.0)
+        return self._fit_core(X, Y, sample_weight, spec, var_floor)
+
+    def _core_y(self, y):
+        y = np.asarray(y)
+        return y[:, None] if y.ndim == 1 else y
+
+    def predict(self, X):
+        """Predictive mean E[y | x]."""
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            mean = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X))
+        return mean[:, 0] if self._y_1d else mean
+
+    # -- the predictive distribution ----------------------------------------------------------------------
+    def _mixture(self, X):
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            pi = np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X), np.float64)
+            mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X), np.float64)
+        return pi, mu
+
+    def _leaf_var(self, mu):
+        if self.expert == "gaussian":
+            var = np.diagonal(self.params_.experts.cov, axis1=1, axis2=2).astype(np.float64)  # (L, m)
+            return np.broadcast_to(var[None], mu.shape)
+        return mu  # Poisson: variance = mean
+
+    def predict_std(self, X):
+        """Standard deviation of the predictive mixture (per output)."""
+        pi, mu = self._mixture(X)
+        second = np.einsum("nl,nlk->nk", pi, self._leaf_var(mu) + mu**2)
+        mean = np.einsum("nl,nlk->nk", pi, mu)
+        std = np.sqrt(np.maximum(second - mean**2, 0.0))
+        return std[:, 0] if self._y_1d else std
+
+    def predict_quantiles(self, X, q):
+        """Quantiles of the predictive mixture, found by bisection on its CDF.
+
+        Returns an array of shape (n_samples, len(q)) for one output, (n_samples, n_outputs, len(q)) otherwise.
+        """
+        q = np.atleast_1d(np.asarray(q, np.float64))
+        if np.any((q <= 0) | (q >= 1)):
+            raise ValueError("quantile levels must lie strictly between 0 and 1")
+        pi, mu = self._mixture(X)
+        var = self._leaf_var(mu)
+        sd = np.sqrt(var)
+        if self.expert == "gaussian":
+            cdf = lambda yv: np.einsum("nl,nlkq->nkq", pi, ndtr((yv[:, None] - mu[..., None]) / sd[..., None]))
+            lo = (mu - 12 * sd).min(1)[..., None] * np.ones_like(q)
+            hi = (mu + 12 * sd).max(1)[..., None] * np.ones_like(q)
+            for _ in range(80):
+                mid = 0.5 * (lo + hi)
+                below = cdf(mid) < q
+                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            out = 0.5 * (lo + hi)
+        else:
+            cdf = lambda k: np.einsum("nl,nlkq->nkq", pi, _poisson.cdf(k[:, None], mu[..., None]))
+            lo = -np.ones(mu.shape[:1] + mu.shape[2:] + q.shape)
+            hi = np.ceil((mu + 12 * sd + 12).max(1))[..., None] * np.ones_like(q)
+            while np.any(hi - lo > 1):
+                mid = np.floor(0.5 * (lo + hi))
+                below = cdf(mid) < q
+                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            out = hi
+        return out[:, 0, :] if self._y_1d else out
+
+    def predict_interval(self, X, coverage=0.9):
+        """Central predictive interval ``(lower, upper)`` with the given coverage."""
+        if not 0 < coverage < 1:
+            raise ValueError("coverage must lie strictly between 0 and 1")
+        qs = self.predict_quantiles(X, [(1 - coverage) / 2, (1 + coverage) / 2])
+        return qs[..., 0], qs[..., 1]
+
+    def sample_y(self, X, n_samples=1, random_state=0):
+        """Draws from the predictive distribution: (n, n_samples), or (n, n_outputs, n_samples)."""
+        rng = check_random_state(random_state)
+        pi, mu = self._mixture(X)
+        n, L, m = mu.shape
+        cum = np.cumsum(pi, 1)
+        u = rng.uniform(size=(n, n_samples))
+        leaf = np.minimum((u[:, :, None] > cum[:, None, :]).sum(-1), L - 1)  # (n, S)
+        means = np.take_along_axis(mu, leaf[:, :, None], axis=1)  # (n, S, m)
+        if self.expert == "gaussian":
+            chol = np.linalg.cholesky(self.params_.experts.cov.astype(np.float64))[leaf]  # (n, S, m, m)
+            draws = means + np.einsum("nsij,nsj->nsi", chol, rng.normal(size=(n, n_samples, m)))
+        else:
+            draws = rng.poisson(means).astype(np.float64)
+        draws = draws.transpose(0, 2, 1)
+        return draws[:, 0, :] if self._y_1d else draws
+
+    # -- readable views --------------------------------------------------------------------------------
+    @property
+    def expert_coef_(self):
+        """(n_leaves, n_expert_features) for one output, (n_leaves, n_expert_features, n_outputs) otherwise."""
+        check_is_fitted(self, "params_")
+        c = self.params_.experts.coef
+        return c[..., 0] if self._y_1d else c
+
+    @property
+    def expert_intercept_(self):
+        check_is_fitted(self, "params_")
+        b = self.params_.experts.intercept
+        return b[:, 0] if self._y_1d else b
+
+    @property
+    def expert_var_(self):
+        """Gaussian experts: (n_leaves,) variances for one output, (n_leaves, m, m) covariances otherwise."""
+        check_is_fitted(self, "params_")
+        cov = self.params_.experts.cov
+        if cov is None:
+            raise AttributeError("Poisson experts have no variance parameter")
+        return cov[:, 0, 0] if self._y_1d else cov

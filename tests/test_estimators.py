@@ -1,0 +1,187 @@
+"""The scikit-learn layer: contract checks, numbers from every method, bad input."""
+
+import pickle
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import hme
+from hme import HMEClassifier, HMERegressor
+from conftest import load_csv
+
+
+def _toy_hme(n, rng):
+    """Two regimes split by x0 with different lines: a depth-1 HME with known parameters."""
+    spec = hme.make_spec(2, depth=1)
+    truth = hme.HMEParams(
+        hme.GateParams(jnp.asarray([[0.0, 0.0]]), jnp.asarray([[[0.0, 0.0], [4.0, 0.0]]])),
+        hme.ExpertParams(jnp.asarray([[1.0], [-1.0]]), jnp.asarray([[[2.0], [0.5]], [[-1.0], [1.0]]]), jnp.asarray([[[0.09]], [[0.25]]])),
+    )
+    X = rng.uniform(-2, 2, size=(n, 2))
+    pi = np.asarray(hme.gate_path_probs(spec, truth, X))
+    leaf = (rng.uniform(size=n) < pi[:, 1]).astype(int)
+    mu = np.asarray(truth.experts.intercept)[leaf, 0] + np.einsum("np,np->n", X, np.asarray(truth.experts.coef)[leaf, :, 0])
+    y = mu + np.sqrt(np.asarray(truth.experts.cov)[leaf, 0, 0]) * rng.normal(size=n)
+    return spec, truth, X, y
+
+
+def test_fit_predict_equals_functional_core(rng):
+    spec, truth, X, y = _toy_hme(500, rng)
+    est = HMERegressor(depth=1, random_state=0).fit(X, y)
+    core = np.asarray(hme.predict_mean(est._spec, est._params_jax(), X))[:, 0]
+    np.testing.assert_allclose(est.predict(X), core, rtol=1e-12)
+    np.testing.assert_allclose(est.log_likelihood(X, y), np.asarray(hme.log_likelihood(est._spec, est._params_jax(), X, y)), rtol=1e-12)
+    assert est.converged_ and est.n_iter_ == len(est.lower_bounds_) - 1
+    assert np.all(np.diff(est.lower_bounds_) >= -1e-10 * np.abs(est.lower_bounds_[1:]))
+
+
+def test_predict_interval_covers_fresh_draws(rng):
+    """90% predictive intervals from a fitted HME cover 90% ± 2% of fresh draws from the true model."""
+    spec, truth, X, y = _toy_hme(4000, rng)
+    est = HMERegressor(depth=1, random_state=0, n_init=2).fit(X, y)
+    _, _, Xn, yn = _toy_hme(20000, rng)
+    lo, hi = est.predict_interval(Xn, coverage=0.9)
+    cover = np.mean((yn >= lo) & (yn <= hi))
+    assert abs(cover - 0.9) < 0.02, cover
+    q = est.predict_quantiles(Xn[:50], [0.05, 0.5, 0.95])
+    assert np.all(np.diff(q, axis=1) > 0)
+    draws = est.sample_y(Xn[:2000], n_samples=1, random_state=0)[:, 0]
+    cover_draws = np.mean((draws >= lo[:2000]) & (draws <= hi[:2000]))
+    assert abs(cover_draws - 0.9) < 0.03
+
+
+def test_predict_std_matches_sampled_spread(rng):
+    spec, truth, X, y = _toy_hme(2000, rng)
+    est = HMERegressor(depth=1, random_state=0).fit(X, y)
+    Xt = X[:5]
+    draws = est.sample_y(Xt, n_samples=20000, random_state=1)
+    np.testing.assert_allclose(draws.std(1), est.predict_std(Xt), rtol=0.03)
+    np.testing.assert_allclose(draws.mean(1), est.predict(Xt), atol=0.03)
+
+
+def test_information_criteria_match_hand_computation(rng):
+    spec, truth, X, y = _toy_hme(300, rng)
+    est = HMERegressor(depth=1, random_state=0).fit(X, y)
+    ll = est.log_likelihood(X, y).sum()
+    # gate: 1 free child x (2 slopes + bias) = 3; experts: 2 x (2 slopes + intercept) = 6; variances: 2
+    k = 3 + 6 + 2
+    np.testing.assert_allclose(est.bic(X, y), -2 * ll + k * np.log(300), rtol=1e-12)
+    np.testing.assert_allclose(est.aic(X, y), -2 * ll + 2 * k, rtol=1e-12)
+    h = est.posterior_leaf_proba(X, y)
+    np.testing.assert_allclose(est.icl(X, y), est.bic(X, y) - 2 * np.sum(h * np.log(np.clip(h, 1e-300, None))), rtol=1e-12)
+    np.testing.assert_allclose(ll, est.log_likelihood_, rtol=1e-9)
+
+
+def test_tonedata_through_the_estimator():
+    d = load_csv("tonedata.csv")
+    est = HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000).fit(d[["stretchratio"]], d["tuned"])
+    assert abs(est.log_likelihood_ - 142.848) < 1e-3
+    assert list(est.feature_names_in_) == ["stretchratio"]
+
+
+def test_intercept_only_gate_by_feature_names():
+    d = load_csv("CO2data.csv")
+    est = HMERegressor(depth=1, gate_features=[], expert_features=["GNP"], n_init=10, random_state=0, tol=1e-10, max_iter=5000)
+    est.fit(d[["GNP"]], d["CO2"])
+    assert est.gate_coef_.shape == (1, 2, 0)
+    assert abs(est.log_likelihood_ - (-66.93977)) < 1e-3
+
+
+def test_classifier_labels_and_probabilities(rng):
+    X = rng.normal(size=(300, 2))
+    y = np.where(X[:, 0] * X[:, 1] > 0, "same", "diff")  # XOR: linear models fail, a depth-2 tree does not
+    clf = HMEClassifier(depth=2, random_state=0, n_init=3, max_iter=500, alpha=1e-2).fit(X, y)
+    assert list(clf.classes_) == ["diff", "same"]
+    p = clf.predict_proba(X)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-10)
+    assert clf.score(X, y) > 0.9
+    yb = X[:, 0] > 0
+    assert set(HMEClassifier(depth=1, random_state=0, alpha=1e-2).fit(X, yb).predict(X)) <= {True, False}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_preserved(dtype, rng):
+    spec, truth, X, y = _toy_hme(200, rng)
+    est = HMERegressor(depth=1, random_state=0).fit(X.astype(dtype), y.astype(dtype))
+    assert est.params_.experts.coef.dtype == dtype
+    assert est.predict(X.astype(dtype)).dtype == dtype
+
+
+def test_sklearn_tools_work(rng):
+    spec, truth, X, y = _toy_hme(300, rng)
+    est = HMERegressor(depth=1, random_state=0)
+    assert clone(est).get_params() == est.get_params()
+    # softmax gates and linear experts are affine-equivariant: scaling the inputs gives the same fitted model
+    direct = HMERegressor(depth=1, n_init=3, random_state=0).fit(X, y)
+    pipe = make_pipeline(StandardScaler(), HMERegressor(depth=1, n_init=3, random_state=0)).fit(X, y)
+    np.testing.assert_allclose(pipe.predict(X), direct.predict(X), rtol=1e-3, atol=1e-3)
+    assert pipe.score(X, y) > 0.7
+    scores = cross_val_score(HMERegressor(depth=1, n_init=3, random_state=0), X, y, cv=3)
+    assert scores.mean() > 0.7
+    with warnings.catch_warnings():
+        # the over-specified depth-2 candidate (4 experts, 2 regimes) converges slowly; its honest warning is
+        # not what this test is about
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gs = GridSearchCV(HMERegressor(random_state=0), {"depth": [1, 2]}, cv=3).fit(X, y)
+    assert gs.best_params_["depth"] in (1, 2)
+    fitted = HMERegressor(depth=1, random_state=0).fit(X, y)
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(X), fitted.predict(X))
+
+
+def test_warm_start_continues(rng):
+    spec, truth, X, y = _toy_hme(300, rng)
+    est = HMERegressor(depth=1, random_state=0, max_iter=5, tol=0.0, warm_start=True)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        est.fit(X, y)
+    first = est.lower_bound_
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)
+    assert est.lower_bounds_[0] == pytest.approx(first, rel=1e-10)
+    assert est.lower_bound_ >= first
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda X, y: (np.where(X > 1.5, np.nan, X), y), "NaN"),
+        (lambda X, y: (np.where(X > 1.5, np.inf, X), y), "infinity"),
+        (lambda X, y: (X[:, :, None], y), "dim 3"),
+        (lambda X, y: (X, y[:-1]), "inconsistent numbers of samples"),
+        (lambda X, y: (X.astype(str).astype(object) + "a", y), "could not convert|dtype"),
+        (lambda X, y: (X[:1], y[:1]), "at least 2 samples|n_samples"),
+    ],
+    ids=["nan", "inf", "3d", "lengths", "non-numeric", "one-sample"],
+)
+def test_bad_input_gets_a_clear_error(make, match, rng):
+    spec, truth, X, y = _toy_hme(50, rng)
+    Xb, yb = make(X, y)
+    with pytest.raises((ValueError, TypeError), match=match):
+        HMERegressor(depth=1).fit(Xb, yb)
+
+
+def test_bad_hyperparameters_and_weights(rng):
+    spec, truth, X, y = _toy_hme(50, rng)
+    for kw, match in [
+        (dict(depth=0), "depth"),
+        (dict(gate="tanh"), "gate"),
+        (dict(var_floor=0.0), "var_floor"),
+        (dict(n_init=0), "n_init"),
+        (dict(depth=2, branching=(2,)), "branching"),
+        (dict(gate_features=["nope"]), "unknown feature name"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            HMERegressor(**kw).fit(X, y)
+    with pytest.raises(ValueError, match="(?i)negative"):
+        HMERegressor(depth=1).fit(X, y, sample_weight=-np.ones(50))
+    with pytest.raises(ValueError, match="non-zero|positive sum"):
+        HMERegressor(depth=1).fit(X, y, sample_weight=np.zeros(50))
+    with pytest.raises(ValueError, match="only one class"):
+        HMEClassifier(depth=1).fit(X, np.zeros(50))
