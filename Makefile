@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/hme/jax
 
 .PHONY: demo test test-fast bench clean
 
@@ -18,9 +18,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hme demo
 
+# Two workers: the suite is dominated by XLA compilation, which runs on one core per program.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -m "not slow" tests/test_em.py -k "float32 or recompile"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py -k "float32 or recompile or dtype"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -105,7 +105,8 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # checks that the estimator is fitted first
+        return self.classes_[np.argmax(proba, axis=1)]
 
     @property
     def expert_coef_(self):

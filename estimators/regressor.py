@@ -228,6 +228,12 @@ class HMERegressor(RegressorMixin, _HMEBase):
         draws = draws.transpose(0, 2, 1)
         return draws[:, 0, :] if self._y_1d else draws
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
     # -- readable views --------------------------------------------------------------------------------
     @property
     def expert_coef_(self):
