@@ -195,6 +195,14 @@ class _HMEBase(BaseEstimator):
         ent = -np.sum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))
         return self.bic(X, y) + 2 * float(ent)
 
+    def save(self, path):
+        """Save the fitted model (arrays + JSON metadata with version and checksum; no code runs on load).
+
+        Load it back with :func:`hme.load`."""
+        from ._persistence import save_estimator
+
+        save_estimator(self, path)
+
     # -- readable views of the parameters (original input scale; gates in level order, leaves left to right)
     @property
     def gate_coef_(self):

@@ -32,6 +32,6 @@ __all__ = [
 ]
 
 from . import datasets  # noqa: E402
-from .estimators import HMEClassifier, HMERegressor  # noqa: E402
+from .estimators import HMEClassifier, HMERegressor, load  # noqa: E402
 
-__all__ += ["HMEClassifier", "HMERegressor", "datasets"]
+__all__ += ["HMEClassifier", "HMERegressor", "datasets", "load"]

@@ -185,3 +185,43 @@ def test_bad_hyperparameters_and_weights(rng):
         HMERegressor(depth=1).fit(X, y, sample_weight=np.zeros(50))
     with pytest.raises(ValueError, match="only one class"):
         HMEClassifier(depth=1).fit(X, np.zeros(50))
+
+
+def test_save_load_round_trip_and_corruption(tmp_path, rng):
+    import pandas as pd
+
+    spec, truth, X, y = _toy_hme(200, rng)
+    df = pd.DataFrame(X, columns=["a", "b"])
+    reg = HMERegressor(depth=1, random_state=0, gate_features=["a"]).fit(df, y)
+    path = tmp_path / "model.hme"
+    reg.save(path)
+    back = hme.load(path)
+    np.testing.assert_array_equal(back.predict(df), reg.predict(df))
+    np.testing.assert_array_equal(back.predict_interval(df)[0], reg.predict_interval(df)[0])
+    assert list(back.feature_names_in_) == ["a", "b"] and back.get_params() == reg.get_params()
+    clf = HMEClassifier(depth=1, random_state=0, alpha=1e-2).fit(X, np.where(y > 0, "hi", "lo"))
+    clf.save(tmp_path / "clf.hme")
+    cback = hme.load(tmp_path / "clf.hme")
+    np.testing.assert_array_equal(cback.predict_proba(X), clf.predict_proba(X))
+    assert list(cback.predict(X[:5])) == list(clf.predict(X[:5]))
+    raw = path.read_bytes()
+    (tmp_path / "trunc.hme").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="not a readable hme model"):
+        hme.load(tmp_path / "trunc.hme")
+    # flip one byte inside the stored coefficients
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for item in zin.infolist():
+            data = bytearray(zin.read(item.filename))
+            if item.filename == "expert_coef.npy":
+                data[-1] ^= 0xFF
+            zout.writestr(item, bytes(data))
+    (tmp_path / "tampered.hme").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="checksum"):
+        hme.load(tmp_path / "tampered.hme")
+    np.savez(tmp_path / "foreign.npz", x=np.ones(3))
+    with pytest.raises(ValueError, match="not an hme model"):
+        hme.load(tmp_path / "foreign.npz")
