@@ -19,6 +19,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 import hme
 from hme import model as _model
+from hme.inference import canonicalize, standard_errors
 from hme.params import ExpertParams, GateParams, HMEParams
 
 
@@ -111,7 +112,12 @@ class _HMEBase(BaseEstimator):
             )
             res = jax.device_get(res)
         self._spec = spec
-        self.params_ = jax.tree_util.tree_map(np.asarray, res.params)
+        # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):
+        # the same optimum always gives the same parameter table
+        x_ref = np.average(np.asarray(X, np.float64), axis=0, weights=np.asarray(sample_weight, np.float64))
+        with _precision(X.dtype):
+            canon = canonicalize(spec, res.params, x_ref)
+        self.params_ = jax.tree_util.tree_map(np.asarray, canon)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         hist = np.asarray(res.history)
@@ -194,6 +200,60 @@ class _HMEBase(BaseEstimator):
         h = self.posterior_leaf_proba(X, y)
         ent = -np.sum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))
         return self.bic(X, y) + 2 * float(ent)
+
+    def summary(self, X, y, sample_weight=None, se="observed", print_table=True):
+        """Coefficient table with standard errors, z and p values (pass the training data).
+
+        se : "observed" (inverse observed information, a JAX Hessian of the log-likelihood) or "sandwich"
+        (the robust ``I⁻¹ J I⁻¹``). Leaves are in the canonical order of ``params_``. Returns a dict with the
+        model-level numbers and ``table``: a list of rows (name, estimate, std_err, z, p_value); variances get
+        no z or p (their null value lies on the boundary).
+        """
+        from scipy.stats import norm
+
+        X_in = X
+        X = self._check_X(X)
+        yc = self._core_y(y)
+        with _precision(X.dtype):
+            est, sev, names, cov = standard_errors(
+                self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
+                feature_names=getattr(self, "feature_names_in_", None),
+            )
+        rows = []
+        for nm, b, s_ in zip(names, est, sev):
+            var_like = nm.endswith("variance") or ": cov[" in nm
+            z = np.nan if var_like or s_ == 0 else b / s_
+            p = np.nan if np.isnan(z) else 2 * norm.sf(abs(z))
+            rows.append({"name": nm, "estimate": float(b), "std_err": float(s_), "z": float(z), "p_value": float(p)})
+        ll = float(self.log_likelihood(X_in, y).sum())
+        out = {
+            "estimator": type(self).__name__,
+            "tree": repr(self._spec.tree),
+            "gate": self._spec.gate,
+            "expert": self._spec.expert,
+            "n_samples": int(X.shape[0]),
+            "n_parameters": self._n_parameters(self._spec),
+            "log_likelihood": ll,
+            "aic": self.aic(X_in, y),
+            "bic": self.bic(X_in, y),
+            "n_iter": self.n_iter_,
+            "converged": self.converged_,
+            "se": se,
+            "table": rows,
+            "covariance": cov,
+        }
+        if print_table:
+            print(f"{out['estimator']}: {out['tree']}, {out['gate']} gates, {out['expert']} experts")
+            print(f"n = {out['n_samples']}, parameters = {out['n_parameters']}, log-likelihood = {ll:.4f}, "
+                  f"AIC = {out['aic']:.3f}, BIC = {out['bic']:.3f}, EM iterations = {self.n_iter_}, "
+                  f"converged = {self.converged_}, standard errors: {se}")
+            w = max(len(r["name"]) for r in rows)
+            print(f"{'':{w}s} {'estimate':>12s} {'std err':>10s} {'z':>8s} {'P>|z|':>8s}")
+            for r in rows:
+                zs = "" if np.isnan(r["z"]) else f"{r['z']:8.2f}"
+                ps = "" if np.isnan(r["p_value"]) else f"{r['p_value']:8.4f}"
+                print(f"{r['name']:{w}s} {r['estimate']:12.6g} {r['std_err']:10.4g} {zs:>8s} {ps:>8s}")
+        return out
 
     def save(self, path):
         """Save the fitted model (arrays + JSON metadata with version and checksum; no code runs on load).

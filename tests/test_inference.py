@@ -1,0 +1,97 @@
+"""Standard errors: the JAX observed information against finite differences and against the spread of
+estimates over simulated replicates; the canonical leaf order."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hme
+from hme.inference import canonicalize, free_parameters, observed_information
+from conftest import X64, load_csv
+
+pytestmark = pytest.mark.skipif(not X64, reason="inference checks run in float64")
+
+
+def _truth():
+    spec = hme.make_spec(1, depth=1)
+    params = hme.HMEParams(
+        hme.GateParams(jnp.asarray([[0.0, 0.5]]), jnp.asarray([[[0.0], [3.0]]])),
+        hme.ExpertParams(jnp.asarray([[1.0], [-1.0]]), jnp.asarray([[[2.0]], [[-1.5]]]), jnp.asarray([[[0.25]], [[0.16]]])),
+    )
+    return spec, params
+
+
+def _draw(spec, params, n, rng):
+    X = rng.uniform(-1.5, 1.5, size=(n, 1))
+    pi = np.asarray(hme.gate_path_probs(spec, params, X))
+    leaf = (rng.uniform(size=n) < pi[:, 1]).astype(int)
+    e = params.experts
+    mu = np.asarray(e.intercept)[leaf, 0] + X[:, 0] * np.asarray(e.coef)[leaf, 0, 0]
+    return X, mu + np.sqrt(np.asarray(e.cov)[leaf, 0, 0]) * rng.normal(size=n)
+
+
+def test_observed_information_matches_finite_differences(rng):
+    spec, truth = _truth()
+    X, y = _draw(spec, truth, 400, rng)
+    theta, names, info, _ = observed_information(spec, truth, X, y)
+    _, unflatten, _ = free_parameters(spec, truth)
+    f = jax.jit(lambda th: hme.log_likelihood(spec, unflatten(th), X, y).sum())
+    th = np.asarray(theta)
+    P, h = len(th), 1e-4
+    fd = np.zeros((P, P))
+    for i in range(P):
+        for j in range(P):
+            ei, ej = np.eye(P)[i] * h, np.eye(P)[j] * h
+            fd[i, j] = (f(th + ei + ej) - f(th + ei - ej) - f(th - ei + ej) + f(th - ei - ej)) / (4 * h * h)
+    np.testing.assert_allclose(-np.asarray(info), fd, rtol=2e-4, atol=1e-3)
+    assert names[0] == "gate 0 child 1: bias" and names[-1] == "leaf 1: variance"
+
+
+@pytest.mark.parametrize("n_rep", [pytest.param(40, id="ci"), pytest.param(200, id="full", marks=pytest.mark.slow)])
+def test_standard_errors_match_replicate_spread(n_rep):
+    """The mean reported SE of each parameter is within 15% of the spread of its estimates over replicates
+    (median over parameters; every parameter within 35% at 40 replicates, where the spread itself is only
+    known to about ±11%)."""
+    spec, truth = _truth()
+    rng = np.random.default_rng(1)
+    est, ses = [], []
+    for r in range(n_rep):
+        X, y = _draw(spec, truth, 1500, rng)
+        reg = hme.HMERegressor(depth=1, n_init=2, random_state=r, tol=1e-9, max_iter=1000).fit(X, y)
+        out = reg.summary(X, y, print_table=False)
+        est.append([row["estimate"] for row in out["table"]])
+        ses.append([row["std_err"] for row in out["table"]])
+    est, ses = np.array(est), np.array(ses)
+    ratio = est.std(0, ddof=1) / ses.mean(0)
+    assert abs(np.median(ratio) - 1) < 0.15, ratio
+    assert np.all(np.abs(ratio - 1) < 0.35), ratio
+
+
+def test_canonical_order_is_the_same_model_and_the_same_table(rng):
+    d = load_csv("tonedata.csv")
+    X, y = d[["stretchratio"]].to_numpy(), d["tuned"].to_numpy()
+    spec = hme.make_spec(1, depth=2)
+    res = hme.fit_em(spec, X, y, n_init=3, random_state=0)
+    canon = canonicalize(spec, res.params, X.mean(0))
+    np.testing.assert_allclose(np.asarray(hme.log_likelihood(spec, canon, X, y)), np.asarray(hme.log_likelihood(spec, res.params, X, y)), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(hme.predict_mean(spec, canon, X)), np.asarray(hme.predict_mean(spec, res.params, X)), rtol=1e-10)
+    # siblings are ordered by mean prediction at the reference point
+    key = np.asarray(canon.experts.intercept)[:, 0] + np.asarray(canon.experts.coef)[:, 0, 0] * X.mean()
+    assert key[0] <= key[1] and key[2] <= key[3] and key[:2].mean() <= key[2:].mean()
+    # fits from different seeds that reach the same optimum print the same table
+    a = hme.HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000).fit(X, y)
+    b = hme.HMERegressor(depth=1, n_init=10, random_state=7, tol=1e-10, max_iter=2000).fit(X, y)
+    ta = a.summary(X, y, print_table=False)["table"]
+    tb = b.summary(X, y, print_table=False)["table"]
+    np.testing.assert_allclose([r["estimate"] for r in ta], [r["estimate"] for r in tb], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([r["std_err"] for r in ta], [r["std_err"] for r in tb], rtol=1e-3)
+
+
+def test_sandwich_and_observed_agree_when_the_model_is_right(rng):
+    spec, truth = _truth()
+    X, y = _draw(spec, truth, 3000, rng)
+    reg = hme.HMERegressor(depth=1, n_init=2, random_state=0, tol=1e-9, max_iter=1000).fit(X, y)
+    obs = np.array([r["std_err"] for r in reg.summary(X, y, print_table=False)["table"]])
+    sand = np.array([r["std_err"] for r in reg.summary(X, y, se="sandwich", print_table=False)["table"]])
+    np.testing.assert_allclose(sand, obs, rtol=0.25)
