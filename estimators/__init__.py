@@ -3,5 +3,6 @@
 from ._persistence import load
 from .classifier import HMEClassifier
 from .regressor import HMERegressor
+from .selector import HMESelector
 
-__all__ = ["HMEClassifier", "HMERegressor", "load"]
+__all__ = ["HMEClassifier", "HMERegressor", "HMESelector", "load"]

@@ -32,6 +32,6 @@ __all__ = [
 ]
 
 from . import datasets  # noqa: E402
-from .estimators import HMEClassifier, HMERegressor, load  # noqa: E402
+from .estimators import HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
 
-__all__ += ["HMEClassifier", "HMERegressor", "datasets", "load"]
+__all__ += ["HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]

@@ -1,0 +1,120 @@
+"""HMESelector: choose the tree (depth, branching) and gate family by BIC, ICL or cross-validated log-likelihood."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.utils.validation import check_is_fitted
+
+from .regressor import HMERegressor
+
+
+class HMESelector(MetaEstimatorMixin, BaseEstimator):
+    """Fit every combination of ``depth`` x ``branching`` x ``gate`` and keep the best by ``criterion``.
+
+    Parameters
+    ----------
+    estimator : HMERegressor or HMEClassifier, default=HMERegressor()
+        Template; its other parameters are kept.
+    depth, branching, gate : sequences of candidate values
+    criterion : {"bic", "icl", "cv"}, default="bic"
+        BIC and ICL (lower is better) on the training data; "cv": mean held-out log-likelihood per sample over
+        ``cv`` folds (higher is better).
+    cv : int, default=5
+    n_init : int, default=3
+        Restarts of every candidate fit.
+    random_state : int or None
+
+    Attributes
+    ----------
+    results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl, cv_log_likelihood,
+        converged, n_iter, fit_time), as ``GridSearchCV.cv_results_``
+    best_index_, best_params_, best_estimator_ (refitted on all data)
+    """
+
+    def __init__(self, estimator=None, depth=(1, 2, 3), branching=(2,), gate=("softmax",), criterion="bic", cv=5, n_init=3, random_state=None):
+        self.estimator = estimator
+        self.depth = depth
+        self.branching = branching
+        self.gate = gate
+        self.criterion = criterion
+        self.cv = cv
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None):
+        if self.criterion not in ("bic", "icl", "cv"):
+            raise ValueError(f"criterion must be 'bic', 'icl' or 'cv', got {self.criterion!r}")
+        base = HMERegressor() if self.estimator is None else self.estimator
+        grid = list(itertools.product(self.depth, self.branching, self.gate))
+        if not grid:
+            raise ValueError("the candidate grid is empty")
+        X = np.asarray(X) if not hasattr(X, "iloc") else X
+        y = np.asarray(y)
+        rows = {k: [] for k in ("params", "n_parameters", "log_likelihood", "bic", "icl", "cv_log_likelihood", "converged", "n_iter", "fit_time")}
+        fitted = []
+        for depth, branching, gate in grid:
+            params = dict(depth=depth, branching=branching, gate=gate, n_init=self.n_init, random_state=self.random_state)
+            est = clone(base).set_params(**params)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the table instead
+                est.fit(X, y, sample_weight=sample_weight)
+            rows["fit_time"].append(time.perf_counter() - t0)
+            rows["params"].append(params)
+            rows["n_parameters"].append(est._n_parameters(est._spec))
+            rows["log_likelihood"].append(float(est.log_likelihood(X, y).sum()))
+            rows["bic"].append(est.bic(X, y))
+            rows["icl"].append(est.icl(X, y))
+            rows["converged"].append(est.converged_)
+            rows["n_iter"].append(est.n_iter_)
+            rows["cv_log_likelihood"].append(self._cv_score(base, params, X, y) if self.criterion == "cv" else np.nan)
+            fitted.append(est)
+        self.results_ = {k: np.asarray(v) if k != "params" else v for k, v in rows.items()}
+        if self.criterion == "cv":
+            self.best_index_ = int(np.nanargmax(self.results_["cv_log_likelihood"]))
+        else:
+            self.best_index_ = int(np.nanargmin(self.results_[self.criterion]))
+        self.best_params_ = self.results_["params"][self.best_index_]
+        self.best_estimator_ = fitted[self.best_index_]
+        return self
+
+    def _cv_score(self, base, params, X, y):
+        is_clf = hasattr(base, "predict_proba")
+        splitter = (StratifiedKFold if is_clf else KFold)(self.cv, shuffle=True, random_state=0)
+        scores = []
+        take = lambda A, idx: A.iloc[idx] if hasattr(A, "iloc") else A[idx]
+        for tr, te in splitter.split(np.zeros(len(y)), y if is_clf else None):
+            est = clone(base).set_params(**params)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est.fit(take(X, tr), y[tr])
+            scores.append(float(est.log_likelihood(take(X, te), y[te]).mean()))
+        return float(np.mean(scores))
+
+    def predict(self, X):
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.predict(X)
+
+    def score(self, X, y, sample_weight=None):
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.score(X, y, sample_weight=sample_weight)
+
+    def table(self):
+        """The results as printable text, one line per candidate, best marked with '*'."""
+        check_is_fitted(self, "results_")
+        r = self.results_
+        lines = [f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} {'cv ll/n':>9s} {'conv':>5s}"]
+        for i, p in enumerate(r["params"]):
+            mark = "*" if i == self.best_index_ else ""
+            lines.append(
+                f"{mark:1s} {p['depth']:5d} {str(p['branching']):>6s} {p['gate']:>8s} {r['n_parameters'][i]:5d} "
+                f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} {r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s}"
+            )
+        return "\n".join(lines)
