@@ -1,6 +1,7 @@
 """hme: hierarchical mixtures of experts in JAX (Jordan & Jacobs 1994), fitted by compiled EM."""
 
 from .em import EMResult, FitOptions, e_step, em_step, fit_em, m_step, run_em
+from .describe import describe_tree
 from .model import gate_path_probs, leaf_means, log_likelihood, posteriors, predict_mean, predict_proba
 from .params import ExpertParams, GateParams, HMEParams, zeros_params
 from .spec import ModelSpec, make_spec
@@ -16,6 +17,7 @@ __all__ = [
     "HMEParams",
     "ModelSpec",
     "TreeSpec",
+    "describe_tree",
     "e_step",
     "em_step",
     "fit_em",
