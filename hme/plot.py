@@ -1,0 +1,108 @@
+"""Pictures of fitted HMEs (matplotlib): gates and experts against an input, the predictive distribution, the
+tree, and the EM traces. Every function takes a fitted :class:`hme.HMERegressor` / :class:`hme.HMEClassifier`
+and returns the matplotlib Axes it drew on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _axes(ax, n=1, figsize=(6, 4)):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax
+    fig, axs = plt.subplots(1, n, figsize=figsize)
+    return axs
+
+
+def gates_and_experts(est, X, feature=0, ax=None):
+    """Left: gate path probability of every leaf against ``X[:, feature]``; right: every expert's mean.
+
+    Returns (ax_gates, ax_experts)."""
+    X = np.asarray(X)
+    order = np.argsort(X[:, feature])
+    xs = X[order, feature]
+    ax = _axes(ax, 2, (11, 4))
+    ax_g, ax_e = ax
+    pi = est.predict_leaf_proba(X)[order]
+    from .model import leaf_means
+
+    mu = np.asarray(leaf_means(est._spec, est._params_jax(), X.astype(est.params_.experts.coef.dtype)))[order, :, 0]
+    for l in range(pi.shape[1]):
+        ax_g.plot(xs, pi[:, l], label=f"leaf {l}")
+        ax_e.plot(xs, mu[:, l], label=f"leaf {l}")
+    ax_g.set(xlabel=f"feature {feature}", ylabel="gate path probability π_l(x)", ylim=(-0.02, 1.02), title="gates")
+    ax_e.set(xlabel=f"feature {feature}", ylabel="expert mean", title="experts")
+    ax_g.legend(fontsize="small")
+    return ax_g, ax_e
+
+
+def predictive(est, X, y=None, feature=0, coverage=0.9, ax=None):
+    """Predictive mean and central ``coverage`` interval against ``X[:, feature]``, with the data."""
+    X = np.asarray(X)
+    order = np.argsort(X[:, feature])
+    ax = _axes(ax)
+    xs = X[order, feature]
+    lo, hi = est.predict_interval(X[order], coverage=coverage)
+    ax.fill_between(xs, lo, hi, alpha=0.25, label=f"{int(100 * coverage)}% predictive interval")
+    ax.plot(xs, est.predict(X[order]), color="k", label="predictive mean")
+    if y is not None:
+        ax.scatter(X[:, feature], y, s=8, alpha=0.6, label="data")
+    ax.set(xlabel=f"feature {feature}", ylabel="y")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def tree(est, X, ax=None):
+    """The tree: each gate with its share of the samples and its strongest split input, each leaf with its share."""
+    X = np.asarray(X)
+    spec = est._spec
+    t = spec.tree
+    ax = _axes(ax, figsize=(max(6, t.n_leaves * 0.9), 1.6 * (t.depth + 1)))
+    share_leaf = est.predict_leaf_proba(X).mean(0)
+    node_share = t.gate_leaf @ share_leaf
+    names = list(getattr(est, "feature_names_in_", [f"x{i}" for i in range(spec.n_features)]))
+    gnames = names if spec.gate_features is None else [names[i] for i in spec.gate_features]
+    # leaf x positions left to right; a gate sits above the mean of its leaves
+    depth_of_gate = {0: 0}
+    for g in range(1, t.n_gates):
+        depth_of_gate[g] = depth_of_gate[int(t.parent_edge[g]) // t.max_branching] + 1
+    leaf_x = np.arange(t.n_leaves, dtype=float)
+    gate_x = np.array([leaf_x[t.gate_leaf[g] > 0].mean() for g in range(t.n_gates)])
+    depth_leaf = np.array([len(p) for p in t.leaf_paths])
+    w = est.params_.gates.weight
+    for g in range(t.n_gates):
+        y0 = -depth_of_gate[g]
+        for c in range(t.n_children[g]):
+            e = g * t.max_branching + c
+            kids = [k for k in range(t.n_gates) if t.parent_edge[k] == e]
+            if kids:
+                x1, y1 = gate_x[kids[0]], -depth_of_gate[kids[0]]
+            else:
+                l = [l for l, p in enumerate(t.leaf_paths) if p[-1] == (g, c)][0]
+                x1, y1 = leaf_x[l], -depth_leaf[l]
+            ax.plot([gate_x[g], x1], [y0, y1], color="0.6", zorder=0)
+        split = ""
+        if len(gnames) and t.n_children[g] > 1:
+            j = int(np.argmax(np.abs(w[g, 1])))
+            split = f"\n{gnames[j]}"
+        ax.text(gate_x[g], y0, f"g{g}\n{100 * node_share[g]:.0f}%{split}", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", fc="lightsteelblue"))
+    for l in range(t.n_leaves):
+        ax.text(leaf_x[l], -depth_leaf[l], f"leaf {l}\n{100 * share_leaf[l]:.0f}%", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", fc="wheat"))
+    ax.set(xlim=(-0.8, t.n_leaves - 0.2), ylim=(-t.depth - 0.6, 0.6), title="fitted tree (share of samples)")
+    ax.axis("off")
+    return ax
+
+
+def traces(est, ax=None):
+    """The penalised mean log-likelihood against EM iteration, one line per restart (the best in black)."""
+    ax = _axes(ax)
+    for i, h in enumerate(est.restart_lower_bounds_):
+        best = i == est.best_restart_
+        ax.plot(np.arange(len(h)), h, color="k" if best else None, lw=2 if best else 1, label=f"restart {i}" + (" (best)" if best else ""))
+    ax.set(xlabel="EM iteration", ylabel="mean log-likelihood (penalised)", title="EM traces")
+    ax.legend(fontsize="small")
+    return ax
