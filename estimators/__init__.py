@@ -1,8 +1,9 @@
 """scikit-learn estimators over the functional core (installed as ``hme.estimators``; re-exported by ``hme``)."""
 
+from ._base import DegenerateFitWarning
 from ._persistence import load
 from .classifier import HMEClassifier
 from .regressor import HMERegressor
 from .selector import HMESelector
 
-__all__ = ["HMEClassifier", "HMERegressor", "HMESelector", "load"]
+__all__ = ["DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "load"]

@@ -23,6 +23,22 @@ from hme.inference import canonicalize, standard_errors
 from hme.params import ExpertParams, GateParams, HMEParams
 
 
+class DegenerateFitWarning(UserWarning):
+    """The returned fit has an empty leaf or a Gaussian expert whose variance sits on ``var_floor``."""
+
+
+def _degeneracy(counts, collapsed):
+    """Human-readable reasons a restart degenerated ('' when healthy); leaves in the restart's own order."""
+    reasons = []
+    empty = np.flatnonzero(counts < 1.0)
+    if empty.size:
+        reasons.append(f"empty leaves {empty.tolist()} (posterior count < 1 sample)")
+    flat = np.flatnonzero(collapsed)
+    if flat.size:
+        reasons.append(f"leaves {flat.tolist()} with expert variance collapsed onto var_floor")
+    return "; ".join(reasons)
+
+
 def _precision(dtype):
     """Run the core in the input's precision without flipping the global x64 flag."""
     if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
@@ -129,17 +145,32 @@ class _HMEBase(BaseEstimator):
         self.restart_converged_ = np.asarray(res.restart_converged)
         self.restart_failed_ = np.asarray(res.restart_failed)
         self.best_restart_ = int(res.best_restart)
+        self.restart_leaf_counts_ = np.asarray(res.restart_leaf_count, np.float64)
+        self.restart_collapsed_ = np.asarray(res.restart_collapsed, bool)
+        self.restart_degenerate_ = [
+            _degeneracy(c, k) for c, k in zip(self.restart_leaf_counts_, self.restart_collapsed_)
+        ]
         if self.verbose:
             for i, h in enumerate(self.restart_lower_bounds_):
                 for k in range(0, len(h), self.verbose_interval):
                     print(f"restart {i} iteration {k}: objective {h[k]:.6f}")
                 print(f"restart {i}: {len(h) - 1} iterations, final objective {h[-1]:.6f}")
+                if self.restart_degenerate_[i]:
+                    print(f"restart {i} degenerated: {self.restart_degenerate_[i]}")
         if self.restart_failed_.any():
             bad = np.flatnonzero(self.restart_failed_).tolist()
             warnings.warn(
                 f"restarts {bad} produced a non-finite log-likelihood and were stopped at their last finite "
                 "parameters; consider a larger var_floor or alpha",
                 RuntimeWarning,
+            )
+        why = self.restart_degenerate_[self.best_restart_]
+        if why:
+            warnings.warn(
+                f"the returned fit (restart {self.best_restart_} of {len(self.restart_degenerate_)}) is degenerate: "
+                f"{why}. The model has more leaves than the data support or an expert interpolates a few points; "
+                "try a smaller tree, a larger var_floor or alpha, or more restarts (n_init).",
+                DegenerateFitWarning,
             )
         if not self.converged_:
             warnings.warn(

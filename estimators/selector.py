@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import DegenerateFitWarning
 from .regressor import HMERegressor
 
 
@@ -34,7 +35,8 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
     Attributes
     ----------
     results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl, cv_log_likelihood,
-        converged, n_iter, fit_time), as ``GridSearchCV.cv_results_``
+        converged, n_iter, degenerate (why the returned fit degenerated, '' if healthy), fit_time), as
+        ``GridSearchCV.cv_results_``
     best_index_, best_params_, best_estimator_ (refitted on all data)
     """
 
@@ -57,7 +59,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             raise ValueError("the candidate grid is empty")
         X = np.asarray(X) if not hasattr(X, "iloc") else X
         y = np.asarray(y)
-        rows = {k: [] for k in ("params", "n_parameters", "log_likelihood", "bic", "icl", "cv_log_likelihood", "converged", "n_iter", "fit_time")}
+        rows = {k: [] for k in ("params", "n_parameters", "log_likelihood", "bic", "icl", "cv_log_likelihood", "converged", "n_iter", "degenerate", "fit_time")}
         fitted = []
         for depth, branching, gate in grid:
             params = dict(depth=depth, branching=branching, gate=gate, n_init=self.n_init, random_state=self.random_state)
@@ -65,6 +67,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the table instead
+                warnings.simplefilter("ignore", DegenerateFitWarning)
                 est.fit(X, y, sample_weight=sample_weight)
             rows["fit_time"].append(time.perf_counter() - t0)
             rows["params"].append(params)
@@ -74,6 +77,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             rows["icl"].append(est.icl(X, y))
             rows["converged"].append(est.converged_)
             rows["n_iter"].append(est.n_iter_)
+            rows["degenerate"].append(est.restart_degenerate_[est.best_restart_])
             rows["cv_log_likelihood"].append(self._cv_score(base, params, X, y) if self.criterion == "cv" else np.nan)
             fitted.append(est)
         self.results_ = {k: np.asarray(v) if k != "params" else v for k, v in rows.items()}
@@ -94,6 +98,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             est = clone(base).set_params(**params)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", DegenerateFitWarning)
                 est.fit(take(X, tr), y[tr])
             scores.append(float(est.log_likelihood(take(X, te), y[te]).mean()))
         return float(np.mean(scores))
@@ -110,11 +115,11 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
         """The results as printable text, one line per candidate, best marked with '*'."""
         check_is_fitted(self, "results_")
         r = self.results_
-        lines = [f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} {'cv ll/n':>9s} {'conv':>5s}"]
+        lines = [f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} {'cv ll/n':>9s} {'conv':>5s} {'degen':>5s}"]
         for i, p in enumerate(r["params"]):
             mark = "*" if i == self.best_index_ else ""
             lines.append(
                 f"{mark:1s} {p['depth']:5d} {str(p['branching']):>6s} {p['gate']:>8s} {r['n_parameters'][i]:5d} "
-                f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} {r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s}"
+                f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} {r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s} {'yes' if r['degenerate'][i] else '':>5s}"
             )
         return "\n".join(lines)

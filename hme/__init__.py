@@ -34,6 +34,6 @@ __all__ = [
 ]
 
 from . import datasets  # noqa: E402
-from .estimators import HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
+from .estimators import DegenerateFitWarning, HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
 
-__all__ += ["HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]
+__all__ += ["DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]

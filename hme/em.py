@@ -90,6 +90,10 @@ class EMResult(NamedTuple):
     n_iter, converged : M-steps done; whether the relative change fell below ``tol``
     best_restart : index of the winning restart
     restart_objective, restart_history, restart_n_iter, restart_converged, restart_failed : the same per restart
+    restart_leaf_count : (n_init, n_leaves) posterior sample count of each leaf at each restart's final
+        parameters, n₊ Σ_t w_t h_tl / Σ_t w_t with n₊ the rows of positive weight (count < 1: empty)
+    restart_collapsed : (n_init, n_leaves) whether a Gaussian expert's covariance sits on ``var_floor``
+        (all False for other families)
     """
 
     params: HMEParams
@@ -104,6 +108,8 @@ class EMResult(NamedTuple):
     restart_n_iter: jax.Array
     restart_converged: jax.Array
     restart_failed: jax.Array
+    restart_leaf_count: jax.Array
+    restart_collapsed: jax.Array
 
 
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
@@ -255,6 +261,7 @@ def _fit(spec, cfg, X, y, w, keys, opts, init_params):
     score = jnp.where(traces.failed | ~jnp.isfinite(traces.objective), -jnp.inf, traces.objective)
     best = jnp.argmax(score)
     params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
+    leaf_count, collapsed = jax.vmap(lambda p: _leaf_health(spec, p, data, opts))(traces.params)
     params = center_params(spec, params, x_mean, -1.0)
     return EMResult(
         params=params,
@@ -269,7 +276,23 @@ def _fit(spec, cfg, X, y, w, keys, opts, init_params):
         restart_n_iter=traces.n_iter,
         restart_converged=traces.converged,
         restart_failed=traces.failed,
+        restart_leaf_count=leaf_count,
+        restart_collapsed=collapsed,
     )
+
+
+def _leaf_health(spec, params, data, opts):
+    """Per-leaf posterior sample counts and variance-floor flags of one restart's final parameters."""
+    st = e_step(spec, params, data, opts)
+    n_rows = jnp.sum(data.weight > 0)  # padding rows carry zero weight
+    count = jnp.sum(st.leaf_w, axis=0) * (n_rows / jnp.sum(data.weight))
+    cov = params.experts.cov
+    if spec.expert != "gaussian" or cov is None:
+        return count, jnp.zeros(count.shape, bool)
+    s = jnp.sqrt(opts.var_floor)
+    scaled = cov / (s[:, None] * s[None, :])
+    lam_min = jnp.linalg.eigvalsh(scaled)[..., 0]
+    return count, lam_min <= 1.0 + 1e-3
 
 
 def _check_finite(name, a):

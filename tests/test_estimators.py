@@ -241,3 +241,23 @@ def test_selector_picks_the_simulated_structure(rng):
     cv = hme.HMESelector(depth=(1, 2), criterion="cv", cv=3, n_init=2, random_state=0).fit(X, y)
     assert np.all(np.isfinite(cv.results_["cv_log_likelihood"]))
     assert cv.score(X, y) > 0.7
+
+
+def test_degenerate_fits_are_reported(rng):
+    """An expert that interpolates its points sits on var_floor; a leaf whose gate is shut holds no samples."""
+    spec, truth, X, y = _toy_hme(300, rng)
+    healthy = HMERegressor(depth=1, random_state=0, n_init=2).fit(X, y)  # filterwarnings=error: no warning here
+    assert healthy.restart_degenerate_ == ["", ""]
+    assert healthy.restart_leaf_counts_.shape == (2, 2)
+    np.testing.assert_allclose(healthy.restart_leaf_counts_.sum(axis=1), 300, rtol=1e-9)
+
+    exact = 1.0 + 2.0 * X[:, 0] - X[:, 1]  # noiseless: every residual variance is zero
+    with pytest.warns(hme.DegenerateFitWarning, match="collapsed onto var_floor"):
+        est = HMERegressor(depth=1, random_state=0).fit(X, exact)
+    assert est.restart_collapsed_[est.best_restart_].all()
+
+    # a gate bias of -60 shuts leaf 0: after one EM step its posterior count is far below one sample
+    shut = truth._replace(gates=truth.gates._replace(bias=jnp.asarray([[-60.0, 0.0]]), weight=jnp.zeros((1, 2, 2))))
+    res = hme.fit_em(spec, X, y, init_params=shut, max_iter=1)
+    counts = np.asarray(res.restart_leaf_count)[0]
+    assert counts[0] < 1.0 and counts[1] == pytest.approx(300.0, rel=1e-9)

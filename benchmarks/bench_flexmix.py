@@ -1,0 +1,200 @@
+"""hme against R's flexmix on the K = 4 softmax-gated mixture of linear experts (``../shared/anchors.md`` §4).
+
+One run, same data for both: R simulates the data with the published script (``set.seed(1)``), fits
+``flexmix(y ~ x1 + x2, k = 4, concomitant = FLXPmultinom(~ x1 + x2))`` and ``stepFlexmix(k = 2:5, nrep = 3)``;
+Python reads the same CSV and fits ``HMERegressor(depth=1, branching=4)`` and ``HMESelector`` over branching 2–5.
+Printed per method: CPU seconds (user + system of the process, as R's ``system.time``), wall seconds, EM iterations,
+log-likelihood and BIC, and the ratios flexmix / hme.
+
+* first call  -- a fresh Python process with an empty JAX compilation cache: import, compilation and fit;
+* steady state -- median of ``--reps`` further fits of the same shapes in that process (what a grid search,
+  a bootstrap or a cross-validation pays per fit).
+
+R and flexmix come from Debian packages; when ``Rscript`` or flexmix is missing and the script runs as root on a
+Debian system it installs ``r-base-core r-cran-flexmix`` with apt-get (``--no-install`` to refuse). Usage:
+
+    python benchmarks/bench_flexmix.py              # about 3 minutes, most of it stepFlexmix
+    python benchmarks/bench_flexmix.py --skip-step  # without the model-selection comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+R_SCRIPT = r"""
+suppressMessages(library(flexmix))
+args <- commandArgs(trailingOnly = TRUE); out <- args[1]; do_step <- args[2] == "1"
+set.seed(1); n <- 10000; K <- 4
+x1 <- rnorm(n); x2 <- rnorm(n); X <- cbind(1, x1, x2)
+G <- cbind(0, c(0.5, 2, 0), c(-0.5, 0, 2), c(0, -2, -2))
+P <- exp(X %*% G); P <- P / rowSums(P)
+z <- apply(P, 1, function(p) sample.int(K, 1, prob = p))
+B <- rbind(c(2, -2, 0, 4), c(1, -1, 0.5, 0), c(0, 1, -1, 2))
+S <- c(0.5, 1, 0.3, 0.8)
+y <- rowSums(X * t(B[, z])) + rnorm(n, 0, S[z])
+d <- data.frame(y, x1, x2)
+write.csv(d, file.path(out, "data.csv"), row.names = FALSE)
+cpu <- function(t) unname(t["user.self"] + t["sys.self"])
+set.seed(2)
+t <- system.time(f <- flexmix(y ~ x1 + x2, data = d, k = K, concomitant = FLXPmultinom(~ x1 + x2)))
+res <- list(fit = list(cpu = cpu(t), wall = unname(t["elapsed"]), iter = f@iter, loglik = as.numeric(logLik(f)),
+                       bic = BIC(f), k = f@k, version = as.character(packageVersion("flexmix")),
+                       r = paste(R.version$major, R.version$minor, sep = ".")))
+if (do_step) {
+  set.seed(3)
+  t <- system.time(s <- stepFlexmix(y ~ x1 + x2, data = d, k = 2:5, nrep = 3, verbose = FALSE,
+                                    concomitant = FLXPmultinom(~ x1 + x2)))
+  b <- getModel(s, "BIC")
+  res$step <- list(cpu = cpu(t), wall = unname(t["elapsed"]), k = b@k, bic = BIC(b), loglik = as.numeric(logLik(b)),
+                   bics = as.numeric(BIC(s)), ks = as.integer(s@k))
+}
+flat <- unlist(lapply(res, function(g) sapply(g, function(v) paste(format(v, digits = 12), collapse = ","))))
+writeLines(paste(names(flat), flat), file.path(out, "r.txt"))
+"""
+
+PY_WORKER = r"""
+import json, os, sys, time, warnings
+import numpy as np
+t_wall, t_cpu = time.perf_counter(), time.process_time()
+import hme
+from hme import HMERegressor, HMESelector
+out, reps, do_step = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+d = np.loadtxt(os.path.join(out, "data.csv"), delimiter=",", skiprows=1)
+y, X = d[:, 0], d[:, 1:]
+import_cpu, import_wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
+
+def fit(seed):
+    est = HMERegressor(depth=1, branching=4, gate="softmax", n_init=N_INIT, random_state=seed, max_iter=500)
+    c, w = time.process_time(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    return est, time.process_time() - c, time.perf_counter() - w
+
+N_INIT = int(os.environ.get("HME_BENCH_N_INIT", "3"))
+est, c1, w1 = fit(0)
+res = {"first": {"cpu": c1 + import_cpu, "wall": w1 + import_wall, "fit_cpu": c1, "fit_wall": w1}}
+cs, ws, lls, its = [], [], [], []
+for r in range(reps):
+    e, c, w = fit(r + 1)
+    cs.append(c); ws.append(w); lls.append(float(e.log_likelihood(X, y).sum())); its.append(e.n_iter_)
+ll = float(est.log_likelihood(X, y).sum())
+res["fit"] = {"cpu": float(np.median(cs)), "wall": float(np.median(ws)), "loglik": ll, "bic": est.bic(X, y),
+              "iter": int(est.n_iter_), "loglik_min_over_seeds": min(lls + [ll]), "n_init": N_INIT,
+              "version": hme.__version__}
+if do_step:
+    def select():
+        sel = HMESelector(HMERegressor(max_iter=500), depth=(1,), branching=(2, 3, 4, 5), gate=("softmax",),
+                          n_init=3, random_state=0)
+        c, w = time.process_time(), time.perf_counter()
+        sel.fit(X, y)
+        return sel, time.process_time() - c, time.perf_counter() - w
+    sel, c, w = select()  # first: compiles four programs
+    sel2, c2, w2 = select()
+    res["step"] = {"first_cpu": c, "first_wall": w, "cpu": c2, "wall": w2,
+                   "k": int(sel.best_params_["branching"]), "bic": float(sel.results_["bic"][sel.best_index_]),
+                   "bics": [float(b) for b in sel.results_["bic"]]}
+json.dump(res, open(os.path.join(out, "py.json"), "w"))
+"""
+
+
+def ensure_r(allow_install: bool) -> bool:
+    """True when Rscript with flexmix is available, installing the Debian packages if allowed and possible."""
+
+    def ok():
+        if shutil.which("Rscript") is None:
+            return False
+        return subprocess.run(["Rscript", "-e", "library(flexmix)"], capture_output=True).returncode == 0
+
+    if ok():
+        return True
+    if not allow_install or shutil.which("apt-get") is None or os.geteuid() != 0:
+        print("R with flexmix is missing; install the Debian packages r-base-core r-cran-flexmix", file=sys.stderr)
+        return False
+    print("installing r-base-core r-cran-flexmix with apt-get ...", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "r-base-core", "r-cran-flexmix"],
+                   env=env, check=False)
+    return ok()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="steady-state fits (median reported)")
+    ap.add_argument("--skip-step", action="store_true", help="skip stepFlexmix / HMESelector")
+    ap.add_argument("--no-install", action="store_true", help="never call apt-get")
+    ap.add_argument("--n-init", type=int, default=3, help="hme restarts per fit (flexmix: one start)")
+    ap.add_argument("--json", help="also write all figures to this file")
+    args = ap.parse_args(argv)
+    if not ensure_r(not args.no_install):
+        return 2
+    step = "0" if args.skip_step else "1"
+    with tempfile.TemporaryDirectory() as out:
+        with open(os.path.join(out, "bench.R"), "w") as fh:
+            fh.write(R_SCRIPT)
+        print("running flexmix ...", file=sys.stderr)
+        subprocess.run(["Rscript", os.path.join(out, "bench.R"), out, step], check=True)
+        r = _read_r(os.path.join(out, "r.txt"))
+        print("running hme (fresh process, empty compilation cache) ...", file=sys.stderr)
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(out, "jax_cache"), HME_BENCH_N_INIT=str(args.n_init))
+        subprocess.run([sys.executable, "-c", PY_WORKER, out, str(args.reps), step], check=True, env=env)
+        p = json.load(open(os.path.join(out, "py.json")))
+    _report(r, p, args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"flexmix": r, "hme": p}, fh, indent=2)
+    return 0
+
+
+def _read_r(path: str) -> dict:
+    """Lines 'group.key value' written by the R script -> {'group': {'key': value}} (numbers parsed)."""
+    out: dict = {}
+    for line in open(path):
+        key, _, value = line.strip().partition(" ")
+        head, _, tail = key.partition(".")
+        try:
+            v = [float(x) for x in value.split(",")]
+            v = v[0] if len(v) == 1 else v
+        except ValueError:
+            v = value
+        out.setdefault(head, {})[tail] = v
+    return out
+
+
+def _report(r, p, args):
+    rf, pf = r["fit"], p["fit"]
+    print(f"\nK = 4 softmax-gated linear experts, n = 10000 (flexmix {rf['version']} on R {rf['r']}; hme {pf['version']}, "
+          f"n_init = {pf['n_init']} restarts vs flexmix's single start)\n")
+    rows = [
+        ("flexmix (one fit)", rf["cpu"], rf["wall"], int(rf["iter"]), rf["loglik"], rf["bic"]),
+        ("hme first call (import+compile+fit)", p["first"]["cpu"], p["first"]["wall"], None, None, None),
+        (f"hme steady state (median of {args.reps})", pf["cpu"], pf["wall"], pf["iter"], pf["loglik"], pf["bic"]),
+    ]
+    print(f"{'method':42s} {'CPU s':>8s} {'wall s':>8s} {'iter':>5s} {'log-lik':>12s} {'BIC':>11s}")
+    for name, c, w, it, ll, bic in rows:
+        f = lambda v, fmt: format(v, fmt) if v is not None else "-"
+        print(f"{name:42s} {c:8.3f} {w:8.3f} {f(it, '5d'):>5s} {f(ll, '12.3f'):>12s} {f(bic, '11.2f'):>11s}")
+    print(f"\nflexmix / hme CPU time: first call {rf['cpu'] / p['first']['cpu']:.1f}x, steady state {rf['cpu'] / pf['cpu']:.1f}x "
+          f"(wall {rf['wall'] / pf['wall']:.1f}x); target >= 100x steady, > 1x first")
+    print(f"log-likelihood hme - flexmix: {pf['loglik'] - rf['loglik']:+.3f} (worst over the {args.reps} other seeds: "
+          f"{pf['loglik_min_over_seeds'] - rf['loglik']:+.3f}); target >= 0")
+    if "step" in r and "step" in p:
+        rs, ps = r["step"], p["step"]
+        print(f"\nmodel selection over K = 2..5 with 3 starts each, by BIC")
+        print(f"{'method':42s} {'CPU s':>8s} {'wall s':>8s} {'K':>3s} {'BIC':>11s}")
+        print(f"{'stepFlexmix(k = 2:5, nrep = 3)':42s} {rs['cpu']:8.2f} {rs['wall']:8.2f} {int(rs['k']):3d} {rs['bic']:11.2f}")
+        print(f"{'HMESelector first call (4 compilations)':42s} {ps['first_cpu']:8.2f} {ps['first_wall']:8.2f} {ps['k']:3d} {ps['bic']:11.2f}")
+        print(f"{'HMESelector again (compiled)':42s} {ps['cpu']:8.2f} {ps['wall']:8.2f} {ps['k']:3d} {ps['bic']:11.2f}")
+        print(f"\nstepFlexmix / HMESelector CPU time: first {rs['cpu'] / ps['first_cpu']:.1f}x, compiled {rs['cpu'] / ps['cpu']:.1f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
