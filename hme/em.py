@@ -114,13 +114,21 @@ class EMResult(NamedTuple):
 
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
     g = params.gates
-    gp = jnp.sum(g.bias**2) + (jnp.sum(g.weight**2) if spec.gate == "softmax" else 0.0)
-    return 0.5 * opts.gate_alpha * gp + _experts.family(spec).penalty(spec, params.experts, opts.alpha)
+    if spec.gate == "gaussian":
+        gate_pen = _gates.gaussian_penalty(g, opts.gate_alpha)
+    else:  # ridge on every bias, and on softmax slopes (Laplace keys are locations, not shrunk)
+        slope_sq = jnp.sum(g.weight**2, axis=(-2, -1))
+        if spec.mixed_gates:
+            slope_sq = jnp.where(_gates.laplace_gate_mask(spec), 0.0, slope_sq)
+        elif spec.gate != "softmax":
+            slope_sq = jnp.zeros_like(slope_sq)
+        gate_pen = 0.5 * opts.gate_alpha * (jnp.sum(g.bias**2) + jnp.sum(slope_sq))
+    return gate_pen + _experts.family(spec).penalty(spec, params.experts, opts.alpha)
 
 
 class EStep(NamedTuple):
-    objective: jax.Array  # penalised mean log-likelihood
-    mean_log_likelihood: jax.Array
+    objective: jax.Array  # penalised mean log-likelihood (joint in (x, y) for Gaussian gates)
+    mean_log_likelihood: jax.Array  # conditional: mean log p(y | x)
     leaf_w: jax.Array  # (n, L) leaf posteriors x sample weights
     gate_log_prob: jax.Array
     aux: object
@@ -132,7 +140,10 @@ def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) 
     total = jnp.sum(w)
     ll = jnp.sum(w * j.log_lik)
     leaf_w = j.leaf_post * w[:, None]
-    obj = (ll - penalty(spec, params, opts)) / total
+    joint_ll = ll
+    if spec.gate == "gaussian":  # EM maximises the joint likelihood of (x, y)
+        joint_ll = ll + jnp.sum(w * _gates.gaussian_log_marginal(spec, data.design.gate, params.gates))
+    obj = (joint_ll - penalty(spec, params, opts)) / total
     return EStep(obj, ll / total, leaf_w, j.gate_log_prob, j.aux)
 
 

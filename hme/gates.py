@@ -6,7 +6,13 @@ r"""Gate families: log gate probabilities of every gate at once, and their M-ste
   smoothed distance ``‖v‖_ε = sqrt(‖v‖² + ε²)``. M-step: modified Newton (eigenvalues of the negative Hessian
   replaced by their absolute values, floored) with step halving on the same weighted soft-target objective.
 
-Designs: softmax gates read ``Dg = [1, X_gate]``; Laplace gates read the raw gate features ``X_gate``.
+* gaussian (Xu, Jordan & Hinton 1995): ``log g_c(x) = log π_c + log N(x | c_c, Γ_c) - logsumexp``. The gate is
+  the posterior of a Gaussian mixture on the inputs, so EM maximises the joint likelihood
+  ``Σ_t log Σ_c π_c N(x_t | c_c, Γ_c) p(y_t | x_t, θ_c)`` and the M-step is closed form:
+  ``π_c ∝ m_c = Σ_t e_tc``, ``c_c = Σ_t e_tc x_t / m_c``, ``Γ_c = (Σ_t e_tc (x_t - c_c)(x_t - c_c)ᵀ + α I) / m_c``
+  (``α = gate_alpha``: the MAP under the penalty ``½ α tr Γ_c⁻¹``, which keeps Γ_c positive definite).
+
+Designs: softmax gates read ``Dg = [1, X_gate]``; Laplace and Gaussian gates read the raw gate features ``X_gate``.
 """
 
 from __future__ import annotations
@@ -38,9 +44,39 @@ def laplace_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax
     return -jnp.sqrt(laplace_sq_distance(design, gates.weight) + eps**2) + gates.bias[None]
 
 
+def gaussian_logits(design: jax.Array, gates: GateParams) -> jax.Array:
+    """``log π_c + log N(x_t | c_c, Γ_c)`` for all samples and children, (n, G, B), via Cholesky factors."""
+    G, B, p = gates.weight.shape
+    chol = jnp.linalg.cholesky(gates.cov)  # (G, B, p, p)
+    # whitened residuals z = L⁻¹ (x - c): solve with the inverse factor (p is small)
+    inv = jax.scipy.linalg.solve_triangular(chol, jnp.broadcast_to(jnp.eye(p, dtype=design.dtype), chol.shape), lower=True)
+    z = jnp.einsum("gbij,nj->ngbi", inv, design) - jnp.einsum("gbij,gbj->gbi", inv, gates.weight)[None]
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)  # (G, B)
+    const = 0.5 * p * jnp.log(2 * jnp.pi)
+    return gates.bias[None] - half_logdet[None] - const - 0.5 * jnp.sum(z**2, -1)
+
+
+def gaussian_log_marginal(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    """``log Σ_c π_c N(x_t | c_c, Γ_c)`` of the (single) Gaussian gate, (n,): the inputs' term of the joint likelihood."""
+    logits = gaussian_logits(design, gates)[:, 0, :]
+    mask = jnp.asarray(spec.tree.child_mask)[0]
+    return jax.scipy.special.logsumexp(jnp.where(mask[None], logits, -jnp.inf), axis=-1)
+
+
+def laplace_gate_mask(spec: ModelSpec) -> jax.Array:
+    """(n_gates,) True where a gate of a mixed-family tree is a Laplace gate."""
+    return jnp.asarray([k == "laplace" for k in spec.gate_kinds])
+
+
 def gate_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    if spec.mixed_gates:  # both families on all gates, each gate keeps its own (gates are few)
+        soft = unit_logits(design, softmax_theta(gates))
+        lap = laplace_logits(spec, design[:, 1:], gates)
+        return jnp.where(laplace_gate_mask(spec)[None, :, None], lap, soft)
     if spec.gate == "softmax":
         return unit_logits(design, softmax_theta(gates))
+    if spec.gate == "gaussian":
+        return gaussian_logits(design, gates)
     return laplace_logits(spec, design, gates)
 
 
@@ -69,14 +105,50 @@ def m_step(
     """
     mask = spec.tree.child_mask
     dtype = design.dtype
+    q = design.shape[1]
+    if spec.mixed_gates:
+        is_lap = laplace_gate_mask(spec)
+        penalty = jnp.full((q,), gate_alpha, dtype)
+        theta = logit_m_step(design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, "newton", None, None)
+        soft = GateParams(theta[..., 0], theta[..., 1:])
+        lap = _laplace_m_step(spec, gates, design[:, 1:], log_prob, edge_w, node_w, gate_alpha, mask)
+        pick = lambda a, b: jnp.where(is_lap.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+        return GateParams(pick(lap.bias, soft.bias), pick(lap.weight, soft.weight))
     if spec.gate == "softmax":
-        q = design.shape[1]
         penalty = jnp.full((q,), gate_alpha, dtype)
         theta = logit_m_step(
             design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram, hessian_gram
         )
         return GateParams(theta[..., 0], theta[..., 1:])
+    if spec.gate == "gaussian":
+        return gaussian_m_step(spec, design, edge_w, gate_alpha)
     return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask)
+
+
+def gaussian_m_step(spec: ModelSpec, design: jax.Array, edge_w: jax.Array, gate_alpha) -> GateParams:
+    """Closed-form maximiser of ``Σ_t Σ_c e_tc log(π_c N(x_t | c_c, Γ_c)) - ½ α Σ_c tr Γ_c⁻¹``."""
+    dtype = design.dtype
+    mask = jnp.asarray(spec.tree.child_mask)
+    p = design.shape[1]
+    tiny = jnp.finfo(dtype).tiny
+    mass = jnp.sum(edge_w, 0)  # (G, B)
+    safe = jnp.maximum(mass, tiny)
+    means = jnp.einsum("ngb,np->gbp", edge_w, design) / safe[..., None]
+    second = jnp.einsum("ngb,np,nq->gbpq", edge_w, design, design)
+    scatter = second - safe[..., None, None] * jnp.einsum("gbp,gbq->gbpq", means, means)
+    eye = jnp.eye(p, dtype=dtype)
+    alpha = jnp.maximum(jnp.asarray(gate_alpha, dtype), jnp.finfo(dtype).eps)
+    cov = (scatter + alpha * eye) / safe[..., None, None]
+    cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+    log_pi = jnp.log(safe) - jnp.log(jnp.sum(jnp.where(mask, mass, 0.0), -1, keepdims=True))
+    return GateParams(jnp.where(mask, log_pi, 0.0), jnp.where(mask[..., None], means, 0.0), cov)
+
+
+def gaussian_penalty(gates: GateParams, gate_alpha) -> jax.Array:
+    """``½ α Σ_c tr Γ_c⁻¹``: the penalty whose MAP gives the covariance update of :func:`gaussian_m_step`."""
+    dtype = gates.cov.dtype
+    alpha = jnp.maximum(jnp.asarray(gate_alpha, dtype), jnp.finfo(dtype).eps)
+    return 0.5 * alpha * jnp.sum(jnp.trace(jnp.linalg.inv(gates.cov), axis1=-2, axis2=-1))
 
 
 # -- Laplace gates ------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def _place_clusters(structure, C):
 
 def _features(spec, method, design, y):
     if method == "kmeans" and spec.n_gate_features > 0:
-        return design.gate[:, 1:] if spec.gate == "softmax" else design.gate
+        return design.gate[:, 1:] if spec.gate_design_has_intercept else design.gate
     return jnp.concatenate([design.expert[:, 1:], y], axis=1)
 
 
@@ -141,10 +141,16 @@ def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="ne
     node_w = jnp.sum(edge_w, -1)
     g = params.gates
     node_gram = None
-    if spec.gate == "laplace":
+    if spec.gate == "gaussian":  # closed form: no Newton steps
+        return HMEParams(_gates.gaussian_m_step(spec, design.gate, edge_w, opts.gate_alpha), ex)
+    if spec.gate == "laplace" or spec.mixed_gates:  # keys start at the centroids of their children's data
+        xg = design.gate[:, 1:] if spec.mixed_gates else design.gate
         mass = jnp.sum(edge_w, 0)  # (G, B)
-        keys = jnp.einsum("ngb,np->gbp", edge_w, design.gate) / jnp.maximum(mass, jnp.finfo(dtype).tiny)[..., None]
-        g = GateParams(g.bias, jnp.where(jnp.asarray(spec.tree.child_mask)[..., None], keys, 0.0))
+        keys = jnp.einsum("ngb,np->gbp", edge_w, xg) / jnp.maximum(mass, jnp.finfo(dtype).tiny)[..., None]
+        keys = jnp.where(jnp.asarray(spec.tree.child_mask)[..., None], keys, 0.0)
+        if spec.mixed_gates:
+            keys = jnp.where(_gates.laplace_gate_mask(spec)[:, None, None], keys, g.weight)
+        g = GateParams(g.bias, keys)
     elif gate_solver == "bound":
         node_gram = weighted_gram(design.gate, node_w)
 

@@ -40,7 +40,7 @@ def make_design(spec: ModelSpec, X: jax.Array) -> Design:
         return Design(De, De)
     Xg = X if spec.gate_features is None else X[:, jnp.asarray(spec.gate_features, int)]
     Xg = Xg.reshape(n, -1)
-    Dg = jnp.concatenate([ones, Xg], axis=1) if spec.gate == "softmax" else Xg
+    Dg = jnp.concatenate([ones, Xg], axis=1) if spec.gate_design_has_intercept else Xg
     return Design(De, Dg)
 
 

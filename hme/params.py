@@ -18,10 +18,14 @@ class GateParams(NamedTuple):
         ``b_{g,c}``; child 0 of every gate is the reference (bias 0).
     weight : array of shape (n_gates, max_branching, n_gate_features)
         Softmax: slopes ``w_{g,c}`` (``w_{g,0} = 0``). Laplace: keys ``W_{g,c}`` in input space.
+        Gaussian: means ``c_{g,c}`` in input space.
+    cov : array of shape (n_gates, max_branching, n_gate_features, n_gate_features), or None
+        Gaussian gates only: covariances ``Γ_{g,c}``; ``bias`` then holds ``log π_{g,c}``.
     """
 
     bias: jax.Array
     weight: jax.Array
+    cov: Optional[jax.Array] = None
 
 
 class ExpertParams(NamedTuple):
@@ -48,9 +52,14 @@ def zeros_params(spec: ModelSpec, dtype=jnp.float32) -> HMEParams:
     """Parameters of the right shapes: gates uniform, experts zero, unit covariance."""
     t = spec.tree
     k = spec.n_expert_outputs
+    p = spec.n_gate_features
+    gate_cov = None
+    if spec.gate == "gaussian":
+        gate_cov = jnp.broadcast_to(jnp.eye(p, dtype=dtype), (t.n_gates, t.max_branching, p, p))
     gates = GateParams(
         jnp.zeros((t.n_gates, t.max_branching), dtype),
-        jnp.zeros((t.n_gates, t.max_branching, spec.n_gate_features), dtype),
+        jnp.zeros((t.n_gates, t.max_branching, p), dtype),
+        gate_cov,
     )
     cov = None
     if spec.expert == "gaussian":
@@ -78,14 +87,18 @@ def center_params(spec: ModelSpec, params: HMEParams, x_mean: jax.Array, sign: f
     """Re-express ``params`` for inputs shifted by ``x_mean`` (sign=+1: to centred inputs; -1: back).
 
     Centering is an exact reparametrisation: ``w·x + b = w·(x - m) + (b + w·m)`` for softmax gates and
-    linear predictors, ``‖W - x‖ = ‖(W - m) - (x - m)‖`` for Laplace keys.
+    linear predictors, ``‖W - x‖ = ‖(W - m) - (x - m)‖`` for Laplace keys (and Gaussian-gate means).
     """
     g, e = params
     mg = x_mean if spec.gate_features is None else x_mean[jnp.asarray(spec.gate_features, int)]
     me = x_mean if spec.expert_features is None else x_mean[jnp.asarray(spec.expert_features, int)]
-    if spec.gate == "softmax":
+    if spec.mixed_gates:
+        lap = jnp.asarray([k == "laplace" for k in spec.gate_kinds])[:, None]
+        soft_bias = g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg)
+        g = GateParams(jnp.where(lap, g.bias, soft_bias), jnp.where(lap[..., None], g.weight - sign * mg, g.weight))
+    elif spec.gate == "softmax":
         g = GateParams(g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg), g.weight)
-    else:
-        g = GateParams(g.bias, g.weight - sign * mg)
+    else:  # Laplace keys and Gaussian-gate means move with the inputs; covariances do not
+        g = GateParams(g.bias, g.weight - sign * mg, g.cov)
     e = ExpertParams(e.intercept + sign * jnp.einsum("lpk,p->lk", e.coef, me), e.coef, e.cov)
     return HMEParams(g, e)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from .tree import TreeSpec
 
-GATE_FAMILIES = ("softmax", "laplace")
+GATE_FAMILIES = ("softmax", "laplace", "gaussian")
 EXPERT_FAMILIES = ("gaussian", "categorical", "poisson")
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 
@@ -36,9 +36,12 @@ class ModelSpec:
         Number of columns of the input matrix ``X``.
     n_targets : int
         Gaussian/Poisson experts: number of outputs ``m``. Categorical experts: number of classes ``C``.
-    gate : {"softmax", "laplace"}
+    gate : {"softmax", "laplace", "gaussian"}
         Softmax gate ``g_c(x) ∝ exp(w_c·x + b_c)`` (multinomial logit, child 0 is the reference with
-        ``w_0 = 0, b_0 = 0``) or Laplace gate ``g_c(x) ∝ exp(-‖W_c - x‖ + b_c)`` (``b_0 = 0``).
+        ``w_0 = 0, b_0 = 0``), Laplace gate ``g_c(x) ∝ exp(-‖W_c - x‖ + b_c)`` (``b_0 = 0``), or Gaussian
+        gate ``g_c(x) ∝ π_c N(x | c_c, Γ_c)`` (Xu, Jordan & Hinton 1995; one-gate trees only: EM then
+        maximises the joint likelihood of (x, y), with a closed-form M-step). A tuple with one of
+        "softmax"/"laplace" per level mixes families, e.g. ``("softmax", "laplace")`` (the HMoE paper's SL).
     expert : {"gaussian", "categorical", "poisson"}
         Expert family (identity, softmax and log links).
     gate_features, expert_features : tuple of int or None
@@ -66,8 +69,16 @@ class ModelSpec:
     def __post_init__(self):
         if not isinstance(self.tree, TreeSpec):
             raise TypeError(f"tree must be a TreeSpec, got {type(self.tree).__name__}")
-        if self.gate not in GATE_FAMILIES:
-            raise ValueError(f"gate must be one of {GATE_FAMILIES}, got {self.gate!r}")
+        if isinstance(self.gate, (tuple, list)):
+            kinds = tuple(self.gate)
+            if len(kinds) != self.tree.depth or any(k not in ("softmax", "laplace") for k in kinds):
+                raise ValueError(
+                    f"a per-level gate must list 'softmax' or 'laplace' for each of the tree's {self.tree.depth} "
+                    f"levels, got {kinds!r}"
+                )
+            object.__setattr__(self, "gate", kinds[0] if len(set(kinds)) == 1 else kinds)
+        elif self.gate not in GATE_FAMILIES:
+            raise ValueError(f"gate must be one of {GATE_FAMILIES} or a per-level tuple, got {self.gate!r}")
         if self.expert not in EXPERT_FAMILIES:
             raise ValueError(f"expert must be one of {EXPERT_FAMILIES}, got {self.expert!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -78,6 +89,11 @@ class ModelSpec:
             raise ValueError("categorical experts need n_targets (the number of classes) >= 2")
         if self.n_targets < 1:
             raise ValueError("n_targets must be >= 1")
+        if self.gate == "gaussian" and self.tree.n_gates != 1:
+            raise ValueError(
+                "gate='gaussian' models the inputs jointly, p(x, y) = Σ_k π_k N(x | c_k, Γ_k) p(y | x, θ_k), which "
+                f"defines a single gate: use a one-gate tree (depth=1), got {self.tree.n_gates} gates"
+            )
         if not self.laplace_smoothing > 0:
             raise ValueError("laplace_smoothing must be > 0")
         object.__setattr__(self, "gate_features", _as_index_tuple(self.gate_features, self.n_features, "gate_features"))
@@ -98,6 +114,23 @@ class ModelSpec:
     def n_expert_outputs(self) -> int:
         """Columns of the expert coefficient matrices: m, or C - 1 free logits for categorical experts."""
         return self.n_targets - 1 if self.expert == "categorical" else self.n_targets
+
+    @property
+    def mixed_gates(self) -> bool:
+        """Different gate families on different levels (e.g. ``("softmax", "laplace")``: theory.md's SL)."""
+        return isinstance(self.gate, tuple)
+
+    @property
+    def gate_kinds(self) -> tuple:
+        """The gate family of every gate, in level order."""
+        if not self.mixed_gates:
+            return (self.gate,) * self.tree.n_gates
+        return tuple(self.gate[lv] for lv in self.tree.gate_level)
+
+    @property
+    def gate_design_has_intercept(self) -> bool:
+        """Softmax gates (alone or mixed) read ``[1, X_gate]``; Laplace and Gaussian gates read ``X_gate``."""
+        return self.gate == "softmax" or self.mixed_gates
 
     @property
     def shares_design(self) -> bool:

@@ -216,6 +216,15 @@ class TreeSpec:
         return self._tables["n_children"]
 
     @property
+    def gate_level(self) -> np.ndarray:
+        """(n_gates,) depth of every gate (the root is level 0); gates are in BFS order, parents first."""
+        level = np.zeros(self.n_gates, dtype=np.int64)
+        pe = self.parent_edge
+        for g in range(1, self.n_gates):
+            level[g] = level[pe[g] // self.max_branching] + 1
+        return level
+
+    @property
     def leaf_paths(self) -> tuple:
         """For each leaf, the tuple of (gate, child slot) edges from the root."""
         return self._tables["leaf_paths"]
