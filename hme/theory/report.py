@@ -53,13 +53,11 @@ def to_markdown(results: dict) -> str:
 
 def plot(results: dict, path: str, quantities=("D",)) -> None:
     """Log-log plot of mean loss ± 2 sd/√R against n with the fitted line, one panel per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     res = results["results"]
-    fig, axes = plt.subplots(1, len(res), figsize=(4.2 * len(res), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(res), 3.6))
+    axes = fig.subplots(1, len(res), squeeze=False)
     for ax, r in zip(axes[0], res):
         n = np.asarray(r["n"], float)
         for key in quantities:
@@ -77,7 +75,6 @@ def plot(results: dict, path: str, quantities=("D",)) -> None:
             ax.text(0.5, 0.5, "no " + ", ".join(quantities), ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write(results: dict, out_dir: str) -> dict:
