@@ -180,11 +180,11 @@ def plan(experiment: str, quick: bool = False) -> dict:
             [] if quick else [Setting("k2=(4,2) (over, |A|=3)", "over", (4, 2), 3)])
     else:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
-    if quick:
-        ns, reps = _grid(True, 400, 12000, 6), 10
+    if quick:  # EM capped at 500 iterations: slow over-specified fits may stop early (reported: "EM converged")
+        ns, reps, max_iter = _grid(True, 400, 12000, 6), 10, 500
     else:
-        ns, reps = _grid(False, 1000, 100000, 12), 20
-    return {"truths": truths, "settings": settings, "n": ns, "replicates": reps}
+        ns, reps, max_iter = _grid(False, 1000, 100000, 12), 20, 2000
+    return {"truths": truths, "settings": settings, "n": ns, "replicates": reps, "max_iter": max_iter}
 
 
 def _spec_for(truth, setting) -> ModelSpec:
@@ -278,7 +278,7 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
                 else:
                     starts = [[flat_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data]
                 pad = _bucket(int(max(p["n"]))) if quick else None  # quick: one compiled program per setting
-                params, obj, n_iter, conv = fit_replicates(spec, data, starts, pad_to=pad)
+                params, obj, n_iter, conv = fit_replicates(spec, data, starts, max_iter=p["max_iter"], pad_to=pad)
                 scores = []
                 for r in range(len(data)):
                     pr = jax.tree_util.tree_map(lambda a: a[r], params)
