@@ -119,7 +119,7 @@ def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
     else:  # ridge on every bias, and on softmax slopes (Laplace keys are locations, not shrunk)
         slope_sq = jnp.sum(g.weight**2, axis=(-2, -1))
         if spec.mixed_gates:
-            slope_sq = jnp.where(_gates.laplace_gate_mask(spec), 0.0, slope_sq)
+            slope_sq = jnp.where(spec.laplace_gates, 0.0, slope_sq)
         elif spec.gate != "softmax":
             slope_sq = jnp.zeros_like(slope_sq)
         gate_pen = 0.5 * opts.gate_alpha * (jnp.sum(g.bias**2) + jnp.sum(slope_sq))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._linalg import CHUNK, newton_ascent
 from ._logit import logit_m_step, masked_log_softmax, unit_logits
@@ -63,16 +64,23 @@ def gaussian_log_marginal(spec: ModelSpec, design: jax.Array, gates: GateParams)
     return jax.scipy.special.logsumexp(jnp.where(mask[None], logits, -jnp.inf), axis=-1)
 
 
-def laplace_gate_mask(spec: ModelSpec) -> jax.Array:
-    """(n_gates,) True where a gate of a mixed-family tree is a Laplace gate."""
-    return jnp.asarray([k == "laplace" for k in spec.gate_kinds])
+def _mixed_index(spec: ModelSpec):
+    """Static gate indices of the softmax and of the Laplace gates of a mixed-family tree."""
+    lap = spec.laplace_gates
+    return np.flatnonzero(~lap), np.flatnonzero(lap)
+
+
+def _take(gates: GateParams, idx) -> GateParams:
+    return GateParams(gates.bias[idx], gates.weight[idx])
 
 
 def gate_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
-    if spec.mixed_gates:  # both families on all gates, each gate keeps its own (gates are few)
-        soft = unit_logits(design, softmax_theta(gates))
-        lap = laplace_logits(spec, design[:, 1:], gates)
-        return jnp.where(laplace_gate_mask(spec)[None, :, None], lap, soft)
+    if spec.mixed_gates:  # each family computed on its own gates only; the design carries the intercept column
+        s, l = _mixed_index(spec)
+        n = design.shape[0]
+        out = jnp.zeros((n,) + gates.bias.shape, design.dtype)
+        out = out.at[:, s].set(unit_logits(design, softmax_theta(_take(gates, s))))
+        return out.at[:, l].set(laplace_logits(spec, design[:, 1:], _take(gates, l)))
     if spec.gate == "softmax":
         return unit_logits(design, softmax_theta(gates))
     if spec.gate == "gaussian":
@@ -106,14 +114,18 @@ def m_step(
     mask = spec.tree.child_mask
     dtype = design.dtype
     q = design.shape[1]
-    if spec.mixed_gates:
-        is_lap = laplace_gate_mask(spec)
+    if spec.mixed_gates:  # the gates are independent problems: each family's step on its own gates
+        s, l = _mixed_index(spec)
         penalty = jnp.full((q,), gate_alpha, dtype)
-        theta = logit_m_step(design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, "newton", None, None)
-        soft = GateParams(theta[..., 0], theta[..., 1:])
-        lap = _laplace_m_step(spec, gates, design[:, 1:], log_prob, edge_w, node_w, gate_alpha, mask)
-        pick = lambda a, b: jnp.where(is_lap.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-        return GateParams(pick(lap.bias, soft.bias), pick(lap.weight, soft.weight))
+        theta = logit_m_step(
+            design, softmax_theta(_take(gates, s)), log_prob[:, s], edge_w[:, s], node_w[:, s], mask[s], penalty, "newton"
+        )
+        lap = _laplace_m_step(
+            spec, _take(gates, l), design[:, 1:], log_prob[:, l], edge_w[:, l], node_w[:, l], gate_alpha, mask[l]
+        )
+        bias = gates.bias.at[s].set(theta[..., 0]).at[l].set(lap.bias)
+        weight = gates.weight.at[s].set(theta[..., 1:]).at[l].set(lap.weight)
+        return GateParams(bias, weight)
     if spec.gate == "softmax":
         penalty = jnp.full((q,), gate_alpha, dtype)
         theta = logit_m_step(

@@ -149,7 +149,7 @@ def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="ne
         keys = jnp.einsum("ngb,np->gbp", edge_w, xg) / jnp.maximum(mass, jnp.finfo(dtype).tiny)[..., None]
         keys = jnp.where(jnp.asarray(spec.tree.child_mask)[..., None], keys, 0.0)
         if spec.mixed_gates:
-            keys = jnp.where(_gates.laplace_gate_mask(spec)[:, None, None], keys, g.weight)
+            keys = jnp.where(spec.laplace_gates[:, None, None], keys, g.weight)
         g = GateParams(g.bias, keys)
     elif gate_solver == "bound":
         node_gram = weighted_gram(design.gate, node_w)

@@ -93,7 +93,7 @@ def center_params(spec: ModelSpec, params: HMEParams, x_mean: jax.Array, sign: f
     mg = x_mean if spec.gate_features is None else x_mean[jnp.asarray(spec.gate_features, int)]
     me = x_mean if spec.expert_features is None else x_mean[jnp.asarray(spec.expert_features, int)]
     if spec.mixed_gates:
-        lap = jnp.asarray([k == "laplace" for k in spec.gate_kinds])[:, None]
+        lap = spec.laplace_gates[:, None]
         soft_bias = g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg)
         g = GateParams(jnp.where(lap, g.bias, soft_bias), jnp.where(lap[..., None], g.weight - sign * mg, g.weight))
     elif spec.gate == "softmax":

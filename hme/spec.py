@@ -128,6 +128,13 @@ class ModelSpec:
         return tuple(self.gate[lv] for lv in self.tree.gate_level)
 
     @property
+    def laplace_gates(self):
+        """(n_gates,) NumPy bool: which gates are Laplace gates (static; used to split mixed-family trees)."""
+        import numpy as np
+
+        return np.asarray([k == "laplace" for k in self.gate_kinds], dtype=bool)
+
+    @property
     def gate_design_has_intercept(self) -> bool:
         """Softmax gates (alone or mixed) read ``[1, X_gate]``; Laplace and Gaussian gates read ``X_gate``."""
         return self.gate == "softmax" or self.mixed_gates
