@@ -277,7 +277,8 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
                     starts = [[two_level_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data]
                 else:
                     starts = [[flat_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data]
-                pad = _bucket(int(max(p["n"]))) if quick else None  # quick: one compiled program per setting
+                # quick: two compiled programs per setting (small sizes share one bucket, large ones another)
+                pad = (4096 if n <= 4096 else _bucket(int(max(p["n"])))) if quick else None
                 params, obj, n_iter, conv = fit_replicates(spec, data, starts, max_iter=p["max_iter"], pad_to=pad)
                 scores = []
                 for r in range(len(data)):
