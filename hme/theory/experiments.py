@@ -119,10 +119,19 @@ def _fit_batch(spec, cfg, X, y, w, starts, opts):
     return jax.vmap(one)(X, y, w, starts)
 
 
-def fit_replicates(spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, gate_alpha=1e-8, pad_to=None):
+def fit_replicates(spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, gate_alpha=1e-8, pad_to=None, chunk=None):
     """Fit every replicate from its starts (list over replicates of lists over restarts) in float64.
 
-    Rows are padded with zero weight to ``pad_to`` (default: the next power of two), so sizes share programs."""
+    Rows are padded with zero weight to ``pad_to`` (default: the next power of two), so sizes share programs.
+    Replicates go through the compiled, vmapped fit ``chunk`` at a time (default: one, with its restarts
+    vmapped): a vmapped while-loop runs every lane until the slowest converges, so one slow over-specified fit
+    would otherwise make the whole batch pay its iterations."""
+    if chunk is None:
+        chunk = 1
+    if len(datasets) > chunk:
+        parts = [fit_replicates(spec, datasets[i:i + chunk], starts[i:i + chunk], max_iter, tol, gate_alpha, pad_to, chunk)
+                 for i in range(0, len(datasets), chunk)]
+        return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     with jax.enable_x64(True):
         n = datasets[0][0].shape[0]
         m = _bucket(n) if pad_to is None else max(int(pad_to), n)
