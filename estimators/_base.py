@@ -60,6 +60,10 @@ class _HMEBase(BaseEstimator):
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "init_params": [StrOptions({"kmeans", "kmeans_xy", "random"})],
         "gate_solver": [StrOptions({"newton", "bound"})],
+        "solver": [StrOptions({"em", "gradient"})],
+        "optimizer": [StrOptions({"lbfgs", "adam"})],
+        "learning_rate": [None, Interval(numbers.Real, 0, None, closed="neither")],
+        "batch_size": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
@@ -119,13 +123,19 @@ class _HMEBase(BaseEstimator):
         init = None
         if self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec:
             init = self._params_jax()
+        common = dict(
+            sample_weight=sample_weight, init=self.init_params, init_params=init,
+            n_init=1 if init is not None else self.n_init, random_state=seed, max_iter=self.max_iter,
+            tol=self.tol, alpha=self.alpha, gate_alpha=self.gate_alpha, var_floor=var_floor,
+        )
         with _precision(X.dtype):
-            res = hme.fit_em(
-                spec, X, Y, sample_weight=sample_weight, init=self.init_params, init_params=init,
-                n_init=1 if init is not None else self.n_init, random_state=seed, max_iter=self.max_iter,
-                tol=self.tol, alpha=self.alpha, gate_alpha=self.gate_alpha, var_floor=var_floor,
-                gate_solver=self.gate_solver,
-            )
+            if self.solver == "gradient":
+                res = hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
+                                       batch_size=self.batch_size, **common)
+            else:
+                if self.batch_size is not None:
+                    raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
+                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
             res = jax.device_get(res)
         self._spec = spec
         # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):
@@ -174,7 +184,7 @@ class _HMEBase(BaseEstimator):
             )
         if not self.converged_:
             warnings.warn(
-                f"EM did not converge: the best of {self.n_init} restart(s) (restart {self.best_restart_}) stopped "
+                f"{'EM' if self.solver == 'em' else self.optimizer} did not converge: the best of {self.n_init} restart(s) (restart {self.best_restart_}) stopped "
                 f"after max_iter={self.max_iter} iterations with relative change above tol={self.tol}. "
                 "Try a larger max_iter or tol, more restarts (n_init)"
                 + (", gate_solver='newton'" if self.gate_solver != "newton" else "")

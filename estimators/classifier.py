@@ -39,6 +39,10 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         n_init=1,
         init_params="kmeans_xy",
         gate_solver="newton",
+        solver="em",
+        optimizer="lbfgs",
+        learning_rate=None,
+        batch_size=None,
         random_state=None,
         warm_start=False,
         verbose=0,
@@ -56,6 +60,10 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         self.n_init = n_init
         self.init_params = init_params
         self.gate_solver = gate_solver
+        self.solver = solver
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose

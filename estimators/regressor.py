@@ -47,6 +47,13 @@ class HMERegressor(RegressorMixin, _HMEBase):
         As in :class:`sklearn.mixture.GaussianMixture` (``tol`` is the relative change of the mean penalised
         log-likelihood; ``init_params`` in {"kmeans_xy", "kmeans", "random"}).
     gate_solver : {"newton", "bound"}, default="newton"
+        EM's gate step: exact IRLS Hessian or Böhning's bound.
+    solver : {"em", "gradient"}, default="em"
+        EM, or gradient-based maximum likelihood on the same objective (:func:`hme.fit_gradient`).
+    optimizer : {"lbfgs", "adam"}, default="lbfgs"
+        The gradient solver's optimiser (optax); ``learning_rate`` (Adam's step, default 1e-2; L-BFGS uses a
+        line search) and ``batch_size`` (Adam on minibatches, reshuffled every epoch; ``max_iter`` then counts
+        epochs) go with it.
 
     Attributes
     ----------
@@ -82,6 +89,10 @@ class HMERegressor(RegressorMixin, _HMEBase):
         n_init=1,
         init_params="kmeans_xy",
         gate_solver="newton",
+        solver="em",
+        optimizer="lbfgs",
+        learning_rate=None,
+        batch_size=None,
         random_state=None,
         warm_start=False,
         verbose=0,
@@ -103,6 +114,10 @@ class HMERegressor(RegressorMixin, _HMEBase):
         self.n_init = n_init
         self.init_params = init_params
         self.gate_solver = gate_solver
+        self.solver = solver
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose

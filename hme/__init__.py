@@ -2,6 +2,7 @@
 
 from .em import EMResult, FitOptions, e_step, em_step, fit_em, m_step, run_em
 from .describe import describe_tree
+from .gradient import fit_gradient
 from .model import gate_path_probs, leaf_means, log_likelihood, posteriors, predict_mean, predict_proba
 from .params import ExpertParams, GateParams, HMEParams, zeros_params
 from .spec import ModelSpec, make_spec
@@ -21,6 +22,7 @@ __all__ = [
     "e_step",
     "em_step",
     "fit_em",
+    "fit_gradient",
     "gate_path_probs",
     "leaf_means",
     "log_likelihood",

@@ -246,29 +246,27 @@ def _weighted_mean(X, w):
     return (w @ X) / jnp.sum(w)
 
 
-@jax.jit(static_argnames=("spec", "cfg"))
-def _fit(spec, cfg, X, y, w, keys, opts, init_params):
-    n = X.shape[0]
-    n_pad = padded_length(n)
+def center_inputs(spec: ModelSpec, X, y, w):
+    """Centre X at its weighted mean (an exact reparametrisation) and build the design: (FitData, x_mean)."""
     x_mean = _weighted_mean(X, w) if X.shape[1] else jnp.zeros((0,), X.dtype)
-    Xc = X - x_mean
-    pad = n_pad - n
-    if pad:
-        Xc = jnp.pad(Xc, ((0, pad), (0, 0)))
-        y = jnp.pad(y, ((0, pad), (0, 0)))
-        w = jnp.pad(w, (0, pad))
-    data = FitData(make_design(spec, Xc), y, w)
+    return FitData(make_design(spec, X - x_mean), y, w), x_mean
+
+
+def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, init_params) -> HMEParams:
+    """(n_init, ...) starting parameters on the centred inputs: ``init_params`` broadcast, or one per key."""
     if cfg.user_init:
         p0 = center_params(spec, init_params, x_mean, +1.0)
-        starts = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
-    else:
+        return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
 
-        def start(key):
-            resp = initial_responsibilities(spec, cfg.init, key, data.design, y, w)
-            return params_from_responsibilities(spec, data.design, y, w, resp, opts, cfg.gate_solver, cfg.expert_solver)
+    def start(key):
+        resp = initial_responsibilities(spec, cfg.init, key, data.design, data.y, data.weight)
+        return params_from_responsibilities(spec, data.design, data.y, data.weight, resp, opts, cfg.gate_solver, cfg.expert_solver)
 
-        starts = jax.vmap(start)(keys)
-    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
+    return jax.vmap(start)(keys)
+
+
+def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x_mean) -> EMResult:
+    """The best restart's parameters (back on the raw inputs) with every restart's record."""
     score = jnp.where(traces.failed | ~jnp.isfinite(traces.objective), -jnp.inf, traces.objective)
     best = jnp.argmax(score)
     params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
@@ -277,7 +275,7 @@ def _fit(spec, cfg, X, y, w, keys, opts, init_params):
     return EMResult(
         params=params,
         objective=traces.objective[best],
-        log_likelihood=traces.mean_log_likelihood[best] * jnp.sum(w),
+        log_likelihood=traces.mean_log_likelihood[best] * jnp.sum(data.weight),
         history=traces.history[best],
         n_iter=traces.n_iter[best],
         converged=traces.converged[best],
@@ -290,6 +288,14 @@ def _fit(spec, cfg, X, y, w, keys, opts, init_params):
         restart_leaf_count=leaf_count,
         restart_collapsed=collapsed,
     )
+
+
+@jax.jit(static_argnames=("spec", "cfg"))
+def _fit(spec, cfg, X, y, w, keys, opts, init_params):
+    data, x_mean = center_inputs(spec, X, y, w)
+    starts = starting_points(spec, cfg, data, x_mean, keys, opts, init_params)
+    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
+    return best_of(spec, traces, data, opts, x_mean)
 
 
 def _leaf_health(spec, params, data, opts):
@@ -355,10 +361,31 @@ def fit_em(
     -------
     EMResult
     """
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
+    p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
+                    gate_alpha, var_floor)
+    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init)
+    return _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
+
+
+class Prepared(NamedTuple):
+    """Validated, padded inputs of a fit: rows beyond n carry zero weight."""
+
+    X: jax.Array
+    y: jax.Array
+    weight: jax.Array
+    keys: jax.Array
+    opts: FitOptions
+    init_params: Optional[HMEParams]
+    user_init: bool
+
+
+def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha, gate_alpha,
+                var_floor) -> Prepared:
+    """Shared validation of :func:`fit_em` and :func:`hme.fit_gradient` (clear errors, never a JAX traceback)."""
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
@@ -416,10 +443,9 @@ def fit_em(
     if user:
         check_params(spec, init_params)
         init_params = cast_params(init_params, dtype)
-    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, user)
     pad = padded_length(n) - n
     if pad:  # zero-weight rows: nearby sample sizes reuse one compiled program
         X = jnp.pad(X, ((0, pad), (0, 0)))
         y = jnp.pad(y, ((0, pad), (0, 0)))
         w = jnp.pad(w, (0, pad))
-    return _fit(spec, cfg, X, y, w, keys, opts, init_params)
+    return Prepared(X, y, w, keys, opts, init_params, user)

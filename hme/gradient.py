@@ -1,0 +1,311 @@
+r"""Gradient-based maximum likelihood on the same model and objective as EM (optax).
+
+The objective is EM's: the penalised mean log-likelihood ``(Σ_t w_t log p(y_t | x_t) - penalty) / Σ_t w_t`` (joint
+in (x, y) for Gaussian gates), maximised over an **unconstrained** parameterisation:
+
+* gates: free biases and slopes/keys/means; the entries EM pins (a softmax gate's reference child, a Laplace gate's
+  reference bias, absent children) are held at 0 by a fixed mask; Gaussian gates' ``log π = logsoftmax(u)`` and
+  ``Γ = L Lᵀ`` with ``L`` lower triangular with a log-diagonal;
+* Gaussian experts: ``Σ = diag(var_floor) + L Lᵀ`` (full), ``diag(var_floor + e^u)`` (diag) or
+  ``(max var_floor + e^u) I`` (spherical), per leaf or shared: the floor is built in, not clipped.
+
+Optimisers: ``"lbfgs"`` (optax's L-BFGS with a zoom line search; full batch) and ``"adam"`` (full batch, or
+minibatches of ``batch_size`` rows reshuffled every epoch). The stopping rule is EM's: stop when the relative change
+of the objective between iterations (full batch) or epochs (minibatch, evaluated on all the data) is at most
+``tol``. Restarts are vmapped and the result is an :class:`hme.EMResult`, so the estimators and every downstream
+tool treat both fits alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import gates as _gates
+from .em import (
+    DEFAULT_ALPHA,
+    DEFAULT_GATE_ALPHA,
+    EMResult,
+    EMTrace,
+    FitData,
+    FitOptions,
+    _select,
+    best_of,
+    center_inputs,
+    e_step,
+    penalty,
+    prepare_fit,
+    starting_points,
+)
+from .model import joint, make_design
+from .params import ExpertParams, GateParams, HMEParams
+from .spec import ModelSpec
+
+OPTIMIZERS = ("lbfgs", "adam")
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Static choices of a gradient fit (changing them recompiles)."""
+
+    optimizer: str = "lbfgs"
+    max_iter: int = 1000
+    n_init: int = 1
+    init: str = "kmeans_xy"
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    user_init: bool = False
+    gate_solver: str = "newton"  # used by the initialisation only
+    expert_solver: str = "newton"
+
+
+# -- unconstrained parameterisation ---------------------------------------------------------------------
+
+
+def _gate_masks(spec: ModelSpec):
+    """Static (G, B) masks of the free gate biases and of the free gate slopes/keys."""
+    child = np.asarray(spec.tree.child_mask, bool)
+    bias = child.copy()
+    weight = child.copy()
+    if spec.gate != "gaussian":
+        bias[:, 0] = False  # reference bias
+        softmax = ~spec.laplace_gates
+        weight[softmax, 0] = False  # a softmax gate's reference slope
+    return bias, weight
+
+
+def _chol_param(cov, floor):
+    """cov -> lower-triangular raw factor of cov - diag(floor) with a log-diagonal (clamped away from 0)."""
+    m = cov.shape[-1]
+    eye = jnp.eye(m, dtype=cov.dtype)
+    excess = cov - floor[..., None] * eye
+    scale = jnp.maximum(jnp.max(floor), jnp.finfo(cov.dtype).tiny)
+    excess = 0.5 * (excess + jnp.swapaxes(excess, -1, -2)) + 1e-3 * scale * eye
+    L = jnp.linalg.cholesky(excess)
+    d = jnp.diagonal(L, axis1=-2, axis2=-1)
+    return jnp.tril(L, -1) + jnp.log(d)[..., None] * eye
+
+
+def _chol_cov(raw, floor):
+    m = raw.shape[-1]
+    eye = jnp.eye(m, dtype=raw.dtype)
+    L = jnp.tril(raw, -1) + jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))[..., None] * eye
+    return L @ jnp.swapaxes(L, -1, -2) + floor[..., None] * eye
+
+
+def to_unconstrained(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> dict:
+    g, e = params
+    u = {"gate_bias": g.bias, "gate_weight": g.weight, "intercept": e.intercept, "coef": e.coef}
+    if spec.gate == "gaussian":
+        u["gate_cov"] = _chol_param(g.cov, jnp.zeros(g.cov.shape[-1], g.cov.dtype))
+    if spec.expert == "gaussian":
+        floor = opts.var_floor
+        cov = e.cov[:1] if spec.shared_covariance else e.cov
+        tiny = 1e-3 * jnp.max(floor)
+        if spec.covariance_type == "full":
+            u["cov"] = _chol_param(cov, floor)
+        elif spec.covariance_type == "diag":
+            u["cov"] = jnp.log(jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1) - floor, tiny))
+        else:
+            v = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), -1, keepdims=True)
+            u["cov"] = jnp.log(jnp.maximum(v - jnp.max(floor), tiny))
+    return u
+
+
+def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
+    bias_mask, weight_mask = _gate_masks(spec)
+    bias = jnp.where(bias_mask, u["gate_bias"], 0.0)
+    weight = jnp.where(weight_mask[..., None], u["gate_weight"], 0.0)
+    gate_cov = None
+    if spec.gate == "gaussian":
+        bias = jnp.where(bias_mask, jax.nn.log_softmax(jnp.where(bias_mask, u["gate_bias"], -jnp.inf), axis=-1), 0.0)
+        gate_cov = _chol_cov(u["gate_cov"], jnp.zeros(u["gate_cov"].shape[-1], u["gate_cov"].dtype))
+    cov = None
+    if spec.expert == "gaussian":
+        floor = opts.var_floor
+        m = spec.n_targets
+        eye = jnp.eye(m, dtype=floor.dtype)
+        if spec.covariance_type == "full":
+            cov = _chol_cov(u["cov"], floor)
+        elif spec.covariance_type == "diag":
+            cov = (floor + jnp.exp(u["cov"]))[..., None] * eye
+        else:
+            cov = (jnp.max(floor) + jnp.exp(u["cov"]))[..., None] * eye
+        cov = jnp.broadcast_to(cov, (spec.tree.n_leaves, m, m))
+    return HMEParams(GateParams(bias, weight, gate_cov), ExpertParams(u["intercept"], u["coef"], cov))
+
+
+# -- objective and optimisation loop ---------------------------------------------------------------------
+
+
+def batch_objective(spec: ModelSpec, params: HMEParams, design, y, w, total, opts: FitOptions) -> jax.Array:
+    """EM's objective on a batch: ``(Σ_b w log p - (Σ_b w / total) penalty) / Σ_b w`` (= EM's on all rows)."""
+    j = joint(spec, params, design, y)
+    ll = jnp.sum(w * j.log_lik)
+    if spec.gate == "gaussian":
+        ll = ll + jnp.sum(w * _gates.gaussian_log_marginal(spec, design.gate, params.gates))
+    wb = jnp.sum(w)
+    safe = jnp.maximum(wb, jnp.finfo(w.dtype).tiny)
+    return (ll - (wb / total) * penalty(spec, params, opts)) / safe
+
+
+def _optimizer(cfg: GradientConfig):
+    if cfg.optimizer == "lbfgs":
+        return optax.lbfgs(learning_rate=cfg.learning_rate)
+    return optax.adam(1e-2 if cfg.learning_rate is None else cfg.learning_rate)
+
+
+def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: FitData, opts: FitOptions, key) -> EMTrace:
+    """The compiled optimisation loop from one start (the analogue of :func:`hme.em.run_em`)."""
+    dtype = data.y.dtype
+    total = jnp.sum(data.weight)
+    opt = _optimizer(cfg)
+
+    def full_loss(u):
+        p = from_unconstrained(spec, u, opts)
+        return -batch_objective(spec, p, data.design, data.y, data.weight, total, opts)
+
+    u0 = to_unconstrained(spec, params, opts)
+    n = data.y.shape[0]
+    if cfg.batch_size is None:
+        value_and_grad = optax.value_and_grad_from_state(full_loss) if cfg.optimizer == "lbfgs" else jax.value_and_grad(full_loss)
+
+        def step(u, state, _key):
+            if cfg.optimizer == "lbfgs":
+                value, grad = value_and_grad(u, state=state)
+                updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=full_loss)
+            else:
+                value, grad = value_and_grad(u)
+                updates, state = opt.update(grad, state, u)
+            return optax.apply_updates(u, updates), state, -value
+    else:
+        bs = int(cfg.batch_size)
+        n_batches = -(-n // bs)
+        pad = n_batches * bs - n
+        Xg, Xe = data.design.gate, data.design.expert
+
+        def padrows(a):
+            return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
+
+        Xg, Xe, Y, W = padrows(Xg), padrows(Xe), padrows(data.y), padrows(data.weight)
+
+        def batch_loss(u, idx):
+            p = from_unconstrained(spec, u, opts)
+            design = type(data.design)(Xe[idx], Xg[idx])
+            return -batch_objective(spec, p, design, Y[idx], W[idx], total, opts)
+
+        def step(u, state, key):  # one epoch of minibatches, then the objective on all the data
+            perm = jax.random.permutation(key, n_batches * bs).reshape(n_batches, bs)
+
+            def one(carry, idx):
+                u, state = carry
+                grad = jax.grad(batch_loss)(u, idx)
+                updates, state = opt.update(grad, state, u)
+                return (optax.apply_updates(u, updates), state), None
+
+            value = full_loss(u)
+            (u, state), _ = jax.lax.scan(one, (u, state), perm)
+            return u, state, -value
+
+    def cond(s):
+        return ~s["done"]
+
+    def body(s):
+        key, sub = jax.random.split(s["key"])
+        new_u, new_state, obj = step(s["u"], s["state"], sub)
+        k = s["k"]
+        finite = jnp.isfinite(obj)
+        prev = s["prev"]
+        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
+        converged = (k > 0) & finite & (rel <= opts.tol)
+        done = converged | ~finite | (k >= cfg.max_iter)
+        good = _select(finite, s["u"], s["good"])
+        keep = done
+        return dict(
+            u=_select(keep, s["u"], new_u),
+            state=_select(keep, s["state"], new_state),
+            good=good,
+            key=key,
+            k=jnp.where(done, k, k + 1),
+            prev=jnp.where(finite, obj, prev),
+            hist=s["hist"].at[k].set(obj),
+            done=done,
+            converged=converged,
+            failed=~finite,
+        )
+
+    s0 = dict(
+        u=u0,
+        state=opt.init(u0),
+        good=u0,
+        key=key,
+        k=jnp.asarray(0),
+        prev=jnp.asarray(-jnp.inf, dtype),
+        hist=jnp.full((cfg.max_iter + 1,), jnp.nan, dtype),
+        done=jnp.asarray(False),
+        converged=jnp.asarray(False),
+        failed=jnp.asarray(False),
+    )
+    s = jax.lax.while_loop(cond, body, s0)
+    u = _select(s["failed"], s["good"], s["u"])
+    p = from_unconstrained(spec, u, opts)
+    st = e_step(spec, p, data, opts)
+    return EMTrace(p, st.objective, st.mean_log_likelihood, s["hist"], s["k"], s["converged"], s["failed"])
+
+
+@jax.jit(static_argnames=("spec", "cfg"))
+def _fit_gradient(spec, cfg, X, y, w, keys, opts, init_params):
+    data, x_mean = center_inputs(spec, X, y, w)
+    starts = starting_points(spec, cfg, data, x_mean, keys, opts, init_params)
+    run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    traces = jax.vmap(lambda p, k: run_gradient(spec, cfg, p, data, opts, k))(starts, run_keys)
+    return best_of(spec, traces, data, opts, x_mean)
+
+
+def fit_gradient(
+    spec: ModelSpec,
+    X,
+    y,
+    *,
+    sample_weight=None,
+    optimizer: str = "lbfgs",
+    learning_rate: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    init: str = "kmeans_xy",
+    init_params: Optional[HMEParams] = None,
+    n_init: int = 1,
+    random_state=0,
+    max_iter: int = 1000,
+    tol: float = 1e-9,
+    alpha: float = DEFAULT_ALPHA,
+    gate_alpha: float = DEFAULT_GATE_ALPHA,
+    var_floor=None,
+) -> EMResult:
+    r"""Fit an HME by gradient-based maximum likelihood (same model, objective and starts as :func:`hme.fit_em`).
+
+    optimizer : "lbfgs" (full batch, line search; ``learning_rate`` None) or "adam" (``learning_rate``
+        default 1e-2; full batch or minibatches of ``batch_size`` rows)
+    max_iter : iterations (full batch) or epochs (minibatch); ``tol`` : EM's relative-change rule (default 1e-9:
+        gradient steps change the objective less per step than EM's, so the rule needs a tighter tolerance)
+    Everything else as in :func:`hme.fit_em`. Returns an :class:`hme.EMResult` (``history``: the objective per
+    iteration or epoch).
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if batch_size is not None:
+        if optimizer != "adam":
+            raise ValueError("minibatches need optimizer='adam' (L-BFGS's line search needs the full objective)")
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if learning_rate is not None and not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
+                    gate_alpha, var_floor)
+    cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
+                         learning_rate, p.user_init)
+    return _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
