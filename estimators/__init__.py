@@ -2,8 +2,9 @@
 
 from ._base import DegenerateFitWarning
 from ._persistence import load
+from .bayesian import BayesianHMEClassifier, BayesianHMERegressor
 from .classifier import HMEClassifier
 from .regressor import HMERegressor
 from .selector import HMESelector
 
-__all__ = ["DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "load"]
+__all__ = ["BayesianHMEClassifier", "BayesianHMERegressor", "DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "load"]

@@ -36,6 +36,6 @@ __all__ = [
 ]
 
 from . import datasets  # noqa: E402
-from .estimators import DegenerateFitWarning, HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
+from .estimators import BayesianHMEClassifier, BayesianHMERegressor, DegenerateFitWarning, HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
 
-__all__ += ["DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]
+__all__ += ["BayesianHMEClassifier", "BayesianHMERegressor", "DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]

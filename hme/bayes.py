@@ -1,0 +1,206 @@
+r"""Bayesian HMEs with numpyro: the same tree, gates and experts, with priors, fitted by NUTS or SVI.
+
+The likelihood is the core's: gate path probabilities mix the experts' distributions, in a ``MixtureSameFamily``
+of ``Normal(a_l + x·b_l, σ_l)`` for Gaussian experts and, for categorical experts, the ``Categorical`` of the mixed
+class probabilities (numpyro's mixtures need components with a fixed support; a mixture of categoricals is a
+categorical), so ``log p(y | x)`` equals :func:`hme.log_likelihood` and posterior-predictive sampling
+works. Inputs are centred internally (an exact reparametrisation); nothing is rescaled.
+
+Default priors (weakly informative and scaled by the data, as rstanarm's autoscaling; :class:`Priors` changes them),
+with ``s_y`` the sd of y and ``s_j`` the sd of input j:
+
+* gate biases ``N(0, gate_scale²)``, softmax slopes ``N(0, (gate_scale / s_j)²)``, Laplace keys
+  ``N(x̄_j, (key_scale s_j)²)`` (gate_scale = 2.5, key_scale = 1);
+* expert intercepts ``N(ȳ, (coef_scale s_y)²)``, slopes ``N(0, (coef_scale s_y / s_j)²)`` (coef_scale = 2.5;
+  categorical experts use ``s_y = 1``); noise sd ``σ_l ~ HalfNormal(noise_scale s_y)`` (noise_scale = 1).
+
+Entries the parameterisation pins (reference children) are not sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import gates as _gates
+from .experts._linear import linear_predictor
+from .model import log_path_from_gates, make_design
+from .params import ExpertParams, GateParams, HMEParams
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Priors:
+    gate_scale: float = 2.5
+    key_scale: float = 1.0
+    coef_scale: float = 2.5
+    noise_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataScale:
+    """Location and scale of the (centred) inputs and of y that the default priors use."""
+
+    x_sd: np.ndarray
+    y_mean: float
+    y_sd: float
+
+
+def data_scale(spec: ModelSpec, X, y) -> DataScale:
+    X = np.asarray(X, np.float64)
+    sd = X.std(axis=0) if X.shape[1] else np.zeros(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    if spec.expert == "categorical":
+        return DataScale(sd, 0.0, 1.0)
+    y = np.asarray(y, np.float64)
+    s = float(y.std()) or 1.0
+    return DataScale(sd, float(y.mean()), s)
+
+
+def _free_gate_entries(spec: ModelSpec):
+    child = np.asarray(spec.tree.child_mask, bool)
+    bias = child.copy()
+    bias[:, 0] = False
+    weight = child.copy()
+    weight[~spec.laplace_gates, 0] = False
+    return np.flatnonzero(bias.ravel()), np.flatnonzero(weight.ravel())
+
+
+def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors: Priors = Priors()):
+    """numpyro model of an HME on centred inputs ``X`` (n, p); ``y`` observed (or None to predict)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    if spec.gate not in ("softmax", "laplace") or spec.expert not in ("gaussian", "categorical"):
+        raise ValueError("Bayesian HMEs support softmax or Laplace gates with Gaussian (one output) or categorical experts")
+    if spec.expert == "gaussian" and spec.n_targets != 1:
+        raise ValueError("Bayesian Gaussian experts have one output")
+    t = spec.tree
+    G, B = t.n_gates, t.max_branching
+    pg, pe = spec.n_gate_features, spec.n_expert_features
+    L, k = t.n_leaves, spec.n_expert_outputs
+    dtype = X.dtype
+    gsd = jnp.asarray(scale.x_sd if spec.gate_features is None else scale.x_sd[list(spec.gate_features)], dtype)
+    esd = jnp.asarray(scale.x_sd if spec.expert_features is None else scale.x_sd[list(spec.expert_features)], dtype)
+    fb, fw = _free_gate_entries(spec)
+    b_free = numpyro.sample("gate_bias", dist.Normal(0.0, priors.gate_scale).expand([len(fb)]).to_event(1))
+    bias = jnp.zeros(G * B, dtype).at[fb].set(b_free).reshape(G, B)
+    if spec.gate == "softmax":
+        w_sd = priors.gate_scale / gsd
+        w_free = numpyro.sample("gate_weight", dist.Normal(0.0, jnp.broadcast_to(w_sd, (len(fw), pg))).to_event(2))
+    else:  # keys live in input space; the inputs are centred
+        w_free = numpyro.sample("gate_key", dist.Normal(0.0, jnp.broadcast_to(priors.key_scale * gsd, (len(fw), pg))).to_event(2))
+    weight = jnp.zeros((G * B, pg), dtype).at[fw].set(w_free).reshape(G, B, pg)
+    intercept = numpyro.sample(
+        "intercept", dist.Normal(scale.y_mean, priors.coef_scale * scale.y_sd).expand([L, k]).to_event(2)
+    )
+    coef = numpyro.sample(
+        "coef", dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3)
+    )
+    cov = None
+    if spec.expert == "gaussian":
+        sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
+        cov = (sigma**2)[:, None, None]
+    params = HMEParams(GateParams(bias, weight), ExpertParams(intercept, coef, cov))
+    design = make_design(spec, X)
+    log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, params.gates))  # (n, L)
+    mix = dist.Categorical(logits=log_pi)
+    eta = linear_predictor(params.experts, design.expert)  # (n, L, k)
+    if spec.expert == "gaussian":
+        y_dist = dist.MixtureSameFamily(mix, dist.Normal(eta[..., 0], jnp.sqrt(cov[:, 0, 0])))
+    else:  # a mixture of categoricals is the categorical of the mixed probabilities (class 0: the reference)
+        logits = jnp.concatenate([jnp.zeros(eta.shape[:-1] + (1,), eta.dtype), eta], axis=-1)
+        mixed = jax.scipy.special.logsumexp(log_pi[..., None] + jax.nn.log_softmax(logits, axis=-1), axis=1)
+        y_dist = dist.Categorical(logits=mixed)
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", y_dist, obs=y)
+
+
+def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
+    """One posterior draw (a dict of site values) -> HMEParams on the centred inputs (traceable)."""
+    t = spec.tree
+    G, B = t.n_gates, t.max_branching
+    fb, fw = _free_gate_entries(spec)
+    b = jnp.asarray(sample["gate_bias"])
+    bias = jnp.zeros(G * B, b.dtype).at[fb].set(b).reshape(G, B)
+    w = jnp.asarray(sample["gate_weight" if spec.gate == "softmax" else "gate_key"])
+    weight = jnp.zeros((G * B, spec.n_gate_features), w.dtype).at[fw].set(w).reshape(G, B, -1)
+    cov = None
+    if spec.expert == "gaussian":
+        cov = (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]
+    return HMEParams(GateParams(bias, weight), ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), cov))
+
+
+def posterior_means(spec: ModelSpec, samples: dict, X) -> jax.Array:
+    """(draws, n, k): the mixture mean E[y | x] (class probabilities) of every draw in ``samples`` (flat draws)."""
+    return _posterior_means(spec, samples, X)
+
+
+@partial(jax.jit, static_argnums=0)
+def _posterior_means(spec, samples, X):
+    from . import experts as _experts
+
+    design = make_design(spec, X)
+
+    def one(sample):
+        p = params_from_sample(spec, sample)
+        pi = jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, p.gates)))
+        mu = _experts.family(spec).mean(spec, p.experts, design.expert)
+        return jnp.einsum("nl,nlk->nk", pi, mu)
+
+    return jax.lax.map(one, samples)
+
+
+def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
+    """The inverse of :func:`params_from_sample`: sample-site values of a parameter set (e.g. an EM fit)."""
+    fb, fw = _free_gate_entries(spec)
+    g, e = params
+    out = {
+        "gate_bias": jnp.asarray(g.bias).ravel()[fb],
+        ("gate_weight" if spec.gate == "softmax" else "gate_key"): jnp.asarray(g.weight).reshape(-1, spec.n_gate_features)[fw],
+        "intercept": jnp.asarray(e.intercept),
+        "coef": jnp.asarray(e.coef),
+    }
+    if spec.expert == "gaussian":
+        out["sigma"] = jnp.sqrt(jnp.asarray(e.cov)[:, 0, 0])
+    return out
+
+
+def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9):
+    """NUTS from ``init_params`` (all chains; numpyro adds its own jitter). Returns (samples by chain, divergences)."""
+    from functools import partial
+
+    from numpyro.infer import MCMC, NUTS, init_to_value
+
+    model = partial(hme_model, spec)
+    kernel = NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_value(values=sites_from_params(spec, init_params)))
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized" if num_chains > 1 else "sequential", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed), X, y, scale, priors)
+    samples = mcmc.get_samples(group_by_chain=True)
+    div = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
+    return {k: np.asarray(v) for k, v in samples.items()}, div
+
+
+def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_samples, seed, rank=None):
+    """SVI with a low-rank multivariate normal guide initialised at ``init_params``.
+
+    Returns (draws with one leading chain axis, the loss = -ELBO per step)."""
+    from functools import partial
+
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO, init_to_value
+    from numpyro.infer.autoguide import AutoLowRankMultivariateNormal
+
+    model = partial(hme_model, spec)
+    guide = AutoLowRankMultivariateNormal(model, rank=rank, init_loc_fn=init_to_value(values=sites_from_params(spec, init_params)),
+                                          init_scale=0.01)
+    svi = SVI(model, guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
+    key, sub = jax.random.split(jax.random.PRNGKey(seed))
+    res = svi.run(key, steps, X, y, scale, priors, progress_bar=False)
+    draws = guide.sample_posterior(sub, res.params, sample_shape=(num_samples,))
+    return {k: np.asarray(v)[None] for k, v in draws.items()}, np.asarray(res.losses)

@@ -1,0 +1,96 @@
+"""Bayesian HMEs (numpyro): the likelihood is the core's; NUTS recovers a known HME; SVI's ELBO improves."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("numpyro")
+from numpyro import handlers  # noqa: E402
+
+import hme  # noqa: E402
+from hme import bayes  # noqa: E402
+from helpers import random_params  # noqa: E402
+
+# truth on raw inputs, leaves in canonical order (leaf 0 predicts -1 at x = 0, leaf 1 predicts +1)
+TRUTH = {"gate_bias": 0.0, "gate_weight": 3.0, "intercept": (-1.0, 1.0), "coef": (-1.0, 2.0), "sigma": (0.5, 0.3)}
+
+
+def _simulate(n, rng):
+    X = rng.uniform(-2, 2, (n, 1))
+    z = rng.uniform(size=n) < 1 / (1 + np.exp(-3 * X[:, 0]))
+    y = np.where(z, 1 + 2 * X[:, 0], -1 - X[:, 0]) + np.where(z, 0.3, 0.5) * rng.normal(size=n)
+    return X, y
+
+
+@pytest.mark.parametrize("gate,expert", [("softmax", "gaussian"), ("laplace", "gaussian"), ("softmax", "categorical")])
+def test_numpyro_likelihood_is_the_cores(gate, expert, rng):
+    spec = hme.make_spec(2, depth=2, gate=gate, expert=expert, n_targets=3 if expert == "categorical" else 1)
+    p = random_params(spec, rng)
+    if expert == "gaussian":  # the Bayesian model's covariance is σ² for one output
+        p = p._replace(experts=p.experts._replace(cov=jnp.asarray(np.asarray(p.experts.cov)[:, :1, :1])))
+    X = rng.normal(size=(40, 2))
+    y = rng.integers(0, 3, 40) if expert == "categorical" else rng.normal(size=40)
+    scale = bayes.data_scale(spec, X, y)
+    sites = bayes.sites_from_params(spec, p)
+    model = handlers.substitute(partial(bayes.hme_model, spec), data=sites)
+    tr = handlers.trace(model).get_trace(jnp.asarray(X), jnp.asarray(y), scale, bayes.Priors())
+    got = float(jnp.sum(tr["y"]["fn"].log_prob(tr["y"]["value"])))
+    want = float(np.sum(hme.log_likelihood(spec, p, X, y)))
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def _check_against_truth(b, n_sd=3.0):
+    post = b.posterior_params_
+    draws = {
+        "gate_bias": post.gates.bias[:, 0, 1],
+        "gate_weight": post.gates.weight[:, 0, 1, 0],
+        "intercept": post.experts.intercept[:, :, 0],
+        "coef": post.experts.coef[:, :, 0, 0],
+        "sigma": np.sqrt(post.experts.cov[:, :, 0, 0]),
+    }
+    for name, d in draws.items():
+        mean, sd = d.mean(axis=0), d.std(axis=0)
+        assert np.all(np.abs(mean - np.asarray(TRUTH[name])) <= n_sd * sd), (name, mean, sd)
+
+
+def test_nuts_recovers_a_depth_one_hme_and_covers_fresh_draws():
+    rng = np.random.default_rng(0)
+    X, y = _simulate(300, rng)
+    b = hme.BayesianHMERegressor(depth=1, method="nuts", num_warmup=300, num_samples=300, num_chains=2, random_state=0)
+    b.fit(X, y)
+    assert b.rhat_ < 1.01
+    assert b.divergences_ == 0
+    _check_against_truth(b)
+    Xn, yn = _simulate(4000, np.random.default_rng(1))
+    lo, hi = b.predict_interval(Xn, 0.9)
+    assert abs(np.mean((yn >= lo) & (yn <= hi)) - 0.9) <= 0.04
+    # predict (the average of the draws' mixture means) agrees with the mean of posterior-predictive draws
+    draws = b.predictive_samples(Xn[:200], random_state=3)
+    assert draws.shape == (600, 200)
+    assert np.mean(np.abs(draws.mean(axis=0) - b.predict(Xn[:200]))) < 0.1
+
+
+@pytest.mark.parametrize("gate", ["softmax", "laplace"])
+def test_svi_elbo_improves_and_intervals_are_near_nominal(gate):
+    rng = np.random.default_rng(0)
+    X, y = _simulate(300, rng)
+    b = hme.BayesianHMERegressor(depth=1, gate=gate, method="svi", svi_steps=2000, num_samples=400, random_state=0)
+    b.fit(X, y)
+    assert np.mean(b.elbo_[-100:]) > np.mean(b.elbo_[:100])
+    Xn, yn = _simulate(4000, np.random.default_rng(1))
+    lo, hi = b.predict_interval(Xn, 0.9)
+    assert abs(np.mean((yn >= lo) & (yn <= hi)) - 0.9) <= 0.05
+
+
+def test_bayesian_classifier_probabilities():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, (300, 2))
+    y = np.where(X[:, 0] > 0, X[:, 1] > 0.5, X[:, 1] < -0.5)
+    b = hme.BayesianHMEClassifier(depth=1, method="svi", svi_steps=1500, num_samples=200, random_state=0).fit(X, y)
+    P = b.predict_proba(X)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-9)
+    assert list(b.classes_) == [False, True]
+    assert b.score(X, y) > 0.85
