@@ -46,8 +46,20 @@ class _BayesBase(BaseEstimator):
         "random_state": [None, Interval(numbers.Integral, 0, None, closed="left")],
     }
 
-    def _point_estimator(self):
-        raise NotImplementedError
+    def __init__(self, depth=1, branching=2, gate="softmax", method="nuts", num_warmup=500, num_samples=500,
+                 num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None, n_init=5, random_state=None):
+        self.depth = depth
+        self.branching = branching
+        self.gate = gate
+        self.method = method
+        self.num_warmup = num_warmup
+        self.num_samples = num_samples
+        self.num_chains = num_chains
+        self.svi_steps = svi_steps
+        self.learning_rate = learning_rate
+        self.priors = priors
+        self.n_init = n_init
+        self.random_state = random_state
 
     def _fit_posterior(self, X, y_core, point):
         spec = point._spec
@@ -172,21 +184,6 @@ class BayesianHMERegressor(RegressorMixin, _BayesBase):
     diagnostics_ : per-site numpyro summary; elbo_ : ELBO per SVI step (None for NUTS)
     """
 
-    def __init__(self, depth=1, branching=2, gate="softmax", method="nuts", num_warmup=500, num_samples=500,
-                 num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None, n_init=5, random_state=None):
-        self.depth = depth
-        self.branching = branching
-        self.gate = gate
-        self.method = method
-        self.num_warmup = num_warmup
-        self.num_samples = num_samples
-        self.num_chains = num_chains
-        self.svi_steps = svi_steps
-        self.learning_rate = learning_rate
-        self.priors = priors
-        self.n_init = n_init
-        self.random_state = random_state
-
     def fit(self, X, y):
         self._validate_params()
         point = HMERegressor(depth=self.depth, branching=self.branching, gate=self.gate, n_init=self.n_init,
@@ -219,21 +216,6 @@ class BayesianHMEClassifier(ClassifierMixin, _BayesBase):
     """Bayesian hierarchical mixture of logistic / multinomial-logit experts, by NUTS or SVI (numpyro).
 
     Parameters and attributes as :class:`BayesianHMERegressor`, plus ``classes_``."""
-
-    def __init__(self, depth=1, branching=2, gate="softmax", method="nuts", num_warmup=500, num_samples=500,
-                 num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None, n_init=5, random_state=None):
-        self.depth = depth
-        self.branching = branching
-        self.gate = gate
-        self.method = method
-        self.num_warmup = num_warmup
-        self.num_samples = num_samples
-        self.num_chains = num_chains
-        self.svi_steps = svi_steps
-        self.learning_rate = learning_rate
-        self.priors = priors
-        self.n_init = n_init
-        self.random_state = random_state
 
     def fit(self, X, y):
         self._validate_params()

@@ -78,6 +78,7 @@ class EMTrace(NamedTuple):
     n_iter: jax.Array
     converged: jax.Array
     failed: jax.Array
+    n_eval: Optional[jax.Array] = None  # objective+gradient evaluations (gradient fits); EM: one E- and M-step per iteration
 
 
 class EMResult(NamedTuple):
@@ -94,6 +95,8 @@ class EMResult(NamedTuple):
         parameters, n₊ Σ_t w_t h_tl / Σ_t w_t with n₊ the rows of positive weight (count < 1: empty)
     restart_collapsed : (n_init, n_leaves) whether a Gaussian expert's covariance sits on ``var_floor``
         (all False for other families)
+    n_evaluations : passes over the data of the best restart: EM iterations, or objective-and-gradient
+        evaluations of a gradient fit (line-search steps included; minibatch: epochs + full evaluations)
     """
 
     params: HMEParams
@@ -110,6 +113,7 @@ class EMResult(NamedTuple):
     restart_failed: jax.Array
     restart_leaf_count: jax.Array
     restart_collapsed: jax.Array
+    n_evaluations: Optional[jax.Array] = None
 
 
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
@@ -287,6 +291,7 @@ def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x
         restart_failed=traces.failed,
         restart_leaf_count=leaf_count,
         restart_collapsed=collapsed,
+        n_evaluations=(traces.n_iter if traces.n_eval is None else traces.n_eval)[best],
     )
 
 

@@ -179,10 +179,12 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
             if cfg.optimizer == "lbfgs":
                 value, grad = value_and_grad(u, state=state)
                 updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=full_loss)
+                evals = optax.tree_utils.tree_get(state, "num_linesearch_steps")
             else:
                 value, grad = value_and_grad(u)
                 updates, state = opt.update(grad, state, u)
-            return optax.apply_updates(u, updates), state, -value
+                evals = 1
+            return optax.apply_updates(u, updates), state, -value, evals
     else:
         bs = int(cfg.batch_size)
         n_batches = -(-n // bs)
@@ -210,14 +212,14 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
 
             value = full_loss(u)
             (u, state), _ = jax.lax.scan(one, (u, state), perm)
-            return u, state, -value
+            return u, state, -value, 2  # one epoch of minibatch gradients and one full evaluation
 
     def cond(s):
         return ~s["done"]
 
     def body(s):
         key, sub = jax.random.split(s["key"])
-        new_u, new_state, obj = step(s["u"], s["state"], sub)
+        new_u, new_state, obj, evals = step(s["u"], s["state"], sub)
         k = s["k"]
         finite = jnp.isfinite(obj)
         prev = s["prev"]
@@ -232,6 +234,7 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
             good=good,
             key=key,
             k=jnp.where(done, k, k + 1),
+            evals=s["evals"] + jnp.where(done, 0, evals),
             prev=jnp.where(finite, obj, prev),
             hist=s["hist"].at[k].set(obj),
             done=done,
@@ -245,6 +248,7 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
         good=u0,
         key=key,
         k=jnp.asarray(0),
+        evals=jnp.asarray(0),
         prev=jnp.asarray(-jnp.inf, dtype),
         hist=jnp.full((cfg.max_iter + 1,), jnp.nan, dtype),
         done=jnp.asarray(False),
@@ -255,7 +259,7 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
     u = _select(s["failed"], s["good"], s["u"])
     p = from_unconstrained(spec, u, opts)
     st = e_step(spec, p, data, opts)
-    return EMTrace(p, st.objective, st.mean_log_likelihood, s["hist"], s["k"], s["converged"], s["failed"])
+    return EMTrace(p, st.objective, st.mean_log_likelihood, s["hist"], s["k"], s["converged"], s["failed"], s["evals"])
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
