@@ -21,7 +21,7 @@ demo: $(STAMP)
 # Two workers: the suite is dominated by XLA compilation, which runs on one core per program.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
-	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py -k "float32 or recompile or dtype"
+	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py tests/test_gradient.py -k "float32 or recompile or dtype"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -133,3 +133,15 @@ def test_bad_gradient_options(kw, match, rng):
     X = rng.normal(size=(50, 1))
     with pytest.raises(ValueError, match=match):
         hme.fit_gradient(spec, X, X[:, 0], **kw)
+
+
+def test_gradient_fit_in_float32_follows_float64(rng):
+    spec = hme.make_spec(1, depth=1)
+    truth = T.softmax_s3()
+    X, y = truth.sample(1000, np.random.default_rng(4))
+    p32 = hme.fit_gradient(spec, X.astype(np.float32), y.astype(np.float32), n_init=2, random_state=0, max_iter=500, tol=1e-6)
+    assert np.asarray(p32.params.experts.coef).dtype == np.float32
+    assert np.isfinite(float(p32.log_likelihood))
+    if jax.config.jax_enable_x64:
+        p64 = hme.fit_gradient(spec, X, y, n_init=2, random_state=0, max_iter=500, tol=1e-9)
+        assert float(p32.log_likelihood) == pytest.approx(float(p64.log_likelihood), rel=1e-3)
