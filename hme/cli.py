@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     rates.add_argument("--out", default="rates_out", help="output folder (rates.json, rates.md, plots)")
     rates.add_argument("--settings", default=None, help="comma-separated subset: exact, over, or setting names")
     rates.add_argument("--seed", type=int, default=0)
+    rates.add_argument("--restarts", type=int, default=None, help="cap the restarts of every setting (cheaper runs)")
+    rates.add_argument("--max-iter", type=int, default=None, help="EM iteration cap (default 2000; quick 500)")
     rates.add_argument("--no-em-rate", action="store_true", help="skip EM's own rate (Jordan & Xu) for flat experiments")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -37,7 +39,8 @@ def _rates(args) -> int:
     settings = args.settings.split(",") if args.settings else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow in diverging over-specified fits: counted as failures
-        results = experiments.run(args.experiment, quick=args.quick, seed=args.seed, settings=settings)
+        results = experiments.run(args.experiment, quick=args.quick, seed=args.seed, settings=settings,
+                                  restarts=args.restarts, max_iter=args.max_iter)
     if args.experiment in ("softmax-flat", "laplace-flat") and not args.no_em_rate:
         from .theory.em_rate import compare_gates
 
