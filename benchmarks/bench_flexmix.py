@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="steady-state fits (median reported)")
     ap.add_argument("--skip-step", action="store_true", help="skip stepFlexmix / HMESelector")
     ap.add_argument("--no-install", action="store_true", help="never call apt-get")
-    ap.add_argument("--configs", default="kmeans_xy:1,kmeans_xy:3,random:1",
+    ap.add_argument("--configs", default="random:1,random:3,kmeans:1,kmeans_xy:1",
                     help="hme configurations init_params:n_init, comma-separated (flexmix: one random start)")
     ap.add_argument("--json", help="also write all figures to this file")
     args = ap.parse_args(argv)
