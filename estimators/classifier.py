@@ -37,7 +37,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         max_iter=200,
         tol=1e-6,
         n_init=1,
-        init_params="kmeans",
+        init_params="random",
         gate_solver="newton",
         solver="em",
         optimizer="lbfgs",

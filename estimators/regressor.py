@@ -45,7 +45,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         Floor on expert variances, relative to the variance of each output.
     max_iter, tol, n_init, init_params, random_state, warm_start, verbose, verbose_interval
         As in :class:`sklearn.mixture.GaussianMixture` (``tol`` is the relative change of the mean penalised
-        log-likelihood; ``init_params`` in {"kmeans", "random", "kmeans_xy"}).
+        log-likelihood; ``init_params`` in {"random", "kmeans", "kmeans_xy"}).
     gate_solver : {"newton", "bound"}, default="newton"
         EM's gate step: exact IRLS Hessian or Böhning's bound.
     solver : {"em", "gradient"}, default="em"
@@ -87,7 +87,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         max_iter=200,
         tol=1e-6,
         n_init=1,
-        init_params="kmeans",
+        init_params="random",
         gate_solver="newton",
         solver="em",
         optimizer="lbfgs",

@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     rates.add_argument("--out", default="rates_out", help="output folder (rates.json, rates.md, plots)")
     rates.add_argument("--settings", default=None, help="comma-separated subset: exact, over, or setting names")
     rates.add_argument("--seed", type=int, default=0)
-    rates.add_argument("--restarts", type=int, default=None, help="cap the restarts of every setting (cheaper runs)")
+    rates.add_argument("--restarts", type=int, default=None, help="restarts of every setting (default: per experiment)")
     rates.add_argument("--max-iter", type=int, default=None, help="EM iteration cap (default 2000; quick 500)")
     rates.add_argument("--no-em-rate", action="store_true", help="skip EM's own rate (Jordan & Xu) for flat experiments")
     args = parser.parse_args(argv)

@@ -58,7 +58,7 @@ class FitConfig:
 
     max_iter: int = 200
     n_init: int = 1
-    init: str = "kmeans"
+    init: str = "random"
     gate_solver: str = "newton"
     expert_solver: str = "newton"
     user_init: bool = False
@@ -328,7 +328,7 @@ def fit_em(
     y,
     *,
     sample_weight=None,
-    init: str = "kmeans",
+    init: str = "random",
     init_params: Optional[HMEParams] = None,
     n_init: int = 1,
     random_state=0,

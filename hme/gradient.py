@@ -56,7 +56,7 @@ class GradientConfig:
     optimizer: str = "lbfgs"
     max_iter: int = 1000
     n_init: int = 1
-    init: str = "kmeans"
+    init: str = "random"
     batch_size: Optional[int] = None
     learning_rate: Optional[float] = None
     user_init: bool = False
@@ -280,7 +280,7 @@ def fit_gradient(
     optimizer: str = "lbfgs",
     learning_rate: Optional[float] = None,
     batch_size: Optional[int] = None,
-    init: str = "kmeans",
+    init: str = "random",
     init_params: Optional[HMEParams] = None,
     n_init: int = 1,
     random_state=0,

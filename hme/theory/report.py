@@ -24,7 +24,7 @@ def verdict(q: dict) -> str:
 def to_markdown(results: dict) -> str:
     lines = [f"# Convergence rates: `{results['experiment']}`" + (" (quick)" if results["quick"] else ""), ""]
     lines.append(f"n grid: {results['n']}; {results['replicates']} replicates per n; EM capped at "
-                 f"{results.get('max_iter', '?')} iterations; {results['seconds']:.0f} s.")
+                 f"{results.get('max_iter', '?')} iterations, tolerance {results.get('tol', '?')}; {results['seconds']:.0f} s.")
     lines.append("Slopes: OLS of log(mean loss) on log n, 95% bootstrap interval over replicates. "
                  "Theory: -1/(2e) for a loss exponent e (theory.md §2, §4.4).")
     lines.append("")
