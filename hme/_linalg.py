@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import batched_linalg
+
 #: Rows per block when streaming over samples. Fits inside the L2/L3 caches of a CPU core for the
 #: Khatri-Rao block (chunk x q(q+1)/2) at q ~ 20, and is large enough to keep GEMMs efficient.
 CHUNK = 2048
@@ -86,17 +88,15 @@ def weighted_gram(design: jax.Array, weights: jax.Array) -> jax.Array:
 def solve_psd(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     """Batched solve of symmetric positive (semi-)definite systems, with a relative jitter for safety.
 
-    matrix: (..., P, P), rhs: (..., P) or (..., P, k).
+    matrix: (..., P, P), rhs: (..., P) or (..., P, k). Blocked Cholesky in plain JAX operations
+    (:mod:`hme.batched_linalg`: no LAPACK custom call, which can deadlock XLA's CPU thread pool).
     """
     P = matrix.shape[-1]
     eye = jnp.eye(P, dtype=matrix.dtype)
     scale = jnp.maximum(jnp.trace(matrix, axis1=-2, axis2=-1) / P, 1.0)
     jitter = (10 * jnp.finfo(matrix.dtype).eps) * scale
-    vec = rhs.ndim == matrix.ndim - 1
-    b = rhs[..., None] if vec else rhs
-    out = jnp.linalg.solve(matrix + jitter[..., None, None] * eye, b)
-    out = jnp.where(jnp.isfinite(out), out, 0.0)
-    return out[..., 0] if vec else out
+    out = batched_linalg.solve_psd(matrix + jitter[..., None, None] * eye, rhs)
+    return jnp.where(jnp.isfinite(out), out, 0.0)
 
 
 def newton_ascent(theta, direction, objective, f0, max_halvings: int = 12):

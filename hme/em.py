@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import batched_linalg
 from . import experts as _experts
 from . import gates as _gates
 from ._linalg import padded_length, weighted_gram
@@ -313,7 +314,7 @@ def _leaf_health(spec, params, data, opts):
         return count, jnp.zeros(count.shape, bool)
     s = jnp.sqrt(opts.var_floor)
     scaled = cov / (s[:, None] * s[None, :])
-    lam_min = jnp.linalg.eigvalsh(scaled)[..., 0]
+    lam_min = batched_linalg.eigvalsh(scaled)[..., 0]
     return count, lam_min <= 1.0 + 1e-3
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import batched_linalg
 from ._linalg import CHUNK, newton_ascent
 from ._logit import logit_m_step, masked_log_softmax, unit_logits
 from .params import GateParams
@@ -48,9 +49,10 @@ def laplace_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax
 def gaussian_logits(design: jax.Array, gates: GateParams) -> jax.Array:
     """``log π_c + log N(x_t | c_c, Γ_c)`` for all samples and children, (n, G, B), via Cholesky factors."""
     G, B, p = gates.weight.shape
-    chol = jnp.linalg.cholesky(gates.cov)  # (G, B, p, p)
+    factor = batched_linalg.cholesky(gates.cov)  # (G, B, p, p)
     # whitened residuals z = L⁻¹ (x - c): solve with the inverse factor (p is small)
-    inv = jax.scipy.linalg.solve_triangular(chol, jnp.broadcast_to(jnp.eye(p, dtype=design.dtype), chol.shape), lower=True)
+    inv = batched_linalg.lower_inverse(factor)
+    chol = factor.lower
     z = jnp.einsum("gbij,nj->ngbi", inv, design) - jnp.einsum("gbij,gbj->gbi", inv, gates.weight)[None]
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)  # (G, B)
     const = 0.5 * p * jnp.log(2 * jnp.pi)
@@ -160,7 +162,7 @@ def gaussian_penalty(gates: GateParams, gate_alpha) -> jax.Array:
     """``½ α Σ_c tr Γ_c⁻¹``: the penalty whose MAP gives the covariance update of :func:`gaussian_m_step`."""
     dtype = gates.cov.dtype
     alpha = jnp.maximum(jnp.asarray(gate_alpha, dtype), jnp.finfo(dtype).eps)
-    return 0.5 * alpha * jnp.sum(jnp.trace(jnp.linalg.inv(gates.cov), axis1=-2, axis2=-1))
+    return 0.5 * alpha * jnp.sum(jnp.trace(batched_linalg.inv_psd(gates.cov), axis1=-2, axis2=-1))
 
 
 # -- Laplace gates ------------------------------------------------------------------------------------
@@ -236,12 +238,13 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
     both = f2[:, :, None] & f2[:, None, :]
     neg = jnp.where(both, neg, 0.0) + jax.vmap(jnp.diag)(jnp.where(f2, 0.0, 1.0).astype(dtype))
     neg = 0.5 * (neg + jnp.swapaxes(neg, 1, 2))
-    lam, vec = jnp.linalg.eigh(neg)
     # Saddle-free modification: directions of negative curvature (the distance is not concave) keep their
-    # scale |λ| instead of being clipped to a tiny floor, which would produce huge steps that halving rejects.
-    floor = 1e-4 * jnp.max(jnp.abs(lam), axis=-1, keepdims=True) + jnp.finfo(dtype).tiny ** 0.5
-    lam = jnp.maximum(jnp.abs(lam), floor)
-    step = jnp.einsum("gij,gj,gkj,gk->gi", vec, 1.0 / lam, vec, grad)
+    # scale |λ| instead of being clipped to a tiny floor, which would produce huge steps that halving rejects:
+    # step = (|H| + δ I)⁻¹ g with |H| = V |Λ| Vᵀ (matrix products only, no eigensolver) and δ = 1e-4 ‖H‖_F.
+    scale = jnp.sqrt(jnp.sum(neg * neg, axis=(-2, -1)))
+    floor = 1e-4 * scale + jnp.finfo(dtype).tiny ** 0.5
+    curv = batched_linalg.matrix_abs(neg) + floor[:, None, None] * jnp.eye(B * P, dtype=dtype)
+    step = batched_linalg.solve_psd(curv, grad)
     step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
     theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)
     f0 = jnp.einsum("ngb,ngb->g", edge_w, log_prob) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import batched_linalg
 from . import gates as _gates
 from .em import (
     DEFAULT_ALPHA,
@@ -86,7 +87,7 @@ def _chol_param(cov, floor):
     excess = cov - floor[..., None] * eye
     scale = jnp.maximum(jnp.max(floor), jnp.finfo(cov.dtype).tiny)
     excess = 0.5 * (excess + jnp.swapaxes(excess, -1, -2)) + 1e-3 * scale * eye
-    L = jnp.linalg.cholesky(excess)
+    L = batched_linalg.cholesky(excess).lower
     d = jnp.diagonal(L, axis1=-2, axis2=-1)
     return jnp.tril(L, -1) + jnp.log(d)[..., None] * eye
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from . import batched_linalg
 from . import experts as _experts
 from . import gates as _gates
 from ._linalg import weighted_gram
@@ -82,8 +83,9 @@ def _place_clusters(structure, C):
             return [idx[0]]
         sub = C[idx]
         sub = sub - jnp.mean(sub, 0)
-        _, _, vt = jnp.linalg.svd(sub, full_matrices=False)
-        order = idx[jnp.argsort(sub @ vt[0])]
+        # projections on the leading principal axis of the centred centres ∝ the leading eigenvector of sub subᵀ
+        _, vec = batched_linalg.eigh(sub @ sub.T)
+        order = idx[jnp.argsort(vec[:, -1])]
         out, start = [], 0
         for child in node:
             k = _leaf_count(child)

@@ -18,17 +18,15 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .. import batched_linalg
 from .._linalg import solve_psd
 from ..params import ExpertParams
 from ._linear import linear_predictor
 
 
 def _chol_inverse(cov):
-    chol = jnp.linalg.cholesky(cov)
-    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    return inv_chol, logdet
+    factor = batched_linalg.cholesky(cov)
+    return batched_linalg.lower_inverse(factor), batched_linalg.logdet(factor)
 
 
 def log_prob(spec, experts, design, y):
@@ -54,7 +52,7 @@ def penalty(spec, experts, alpha):
     if slopes.shape[1] == 0:
         return jnp.zeros((), experts.intercept.dtype)
     bb = jnp.einsum("lpi,lpj->lij", slopes, slopes)
-    prec = jnp.linalg.inv(experts.cov)
+    prec = batched_linalg.inv_psd(experts.cov)
     return 0.5 * alpha * jnp.einsum("lij,lji->", prec, bb)
 
 
@@ -71,7 +69,7 @@ def _floor_cov(cov, var_floor, kind):
     # full: scale to unit floor, clip eigenvalues at 1, scale back (exact for a common floor)
     s = jnp.sqrt(var_floor)
     c = cov / (s[:, None] * s[None, :])
-    lam, vec = jnp.linalg.eigh(0.5 * (c + jnp.swapaxes(c, -1, -2)))
+    lam, vec = batched_linalg.eigh(c)
     c = jnp.einsum("...ij,...j,...kj->...ik", vec, jnp.maximum(lam, 1.0), vec)
     return c * (s[:, None] * s[None, :])
 
