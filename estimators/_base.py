@@ -115,6 +115,11 @@ class _HMEBase(BaseEstimator):
         k = self._n_parameters(spec)
         if n < 2:
             raise ValueError(f"n_samples={n}: at least 2 samples are required to fit an HME")
+        if n < spec.tree.n_leaves:
+            raise ValueError(
+                f"n_samples={n} should be >= n_leaves={spec.tree.n_leaves} (depth={spec.tree.depth}): every expert "
+                "needs data. Use a smaller tree or more samples."
+            )
         return k
 
     def _fit_core(self, X, Y, sample_weight, spec, var_floor=None):

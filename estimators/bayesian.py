@@ -71,7 +71,8 @@ class _BayesBase(BaseEstimator):
         self._priors = bayes.Priors(**(self.priors or {}))
         seed = 0 if self.random_state is None else int(self.random_state)
         with jax.enable_x64(True):
-            start = center_params(spec, jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a), point.params_),
+            # the posterior is sampled in float64 whatever the input dtype (a float32 start breaks NUTS' tree building)
+            start = center_params(spec, jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a, jnp.float64), point.params_),
                                   jnp.asarray(self._x_mean), +1.0)
             Xj, yj = jnp.asarray(Xc), jnp.asarray(y_core)
             if self.method == "nuts":

@@ -423,6 +423,12 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
     _check_finite("sample_weight", np.asarray(w))
     if np.any(np.asarray(w) < 0) or not np.sum(np.asarray(w)) > 0:
         raise ValueError("sample_weight must be non-negative with a positive sum")
+    n_used = int(np.count_nonzero(np.asarray(w)))
+    if n_used < spec.tree.n_leaves:
+        raise ValueError(
+            f"n_samples={n_used} (with positive weight) should be >= the tree's {spec.tree.n_leaves} leaves: every "
+            "expert needs data. Use a smaller tree (depth, branching) or more samples."
+        )
     if spec.expert == "poisson" and np.any(np.asarray(y) < 0):
         raise ValueError("Poisson experts need non-negative counts y")
     if var_floor is None:

@@ -1,0 +1,116 @@
+"""Robustness: every input either fits with finite output or raises a clear error; nothing hangs or crashes.
+
+A small version of ``benchmarks/stress.py`` (watchdog, worker process) and property-based tests with hypothesis.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hme import HMEClassifier, HMERegressor
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_too_few_samples_for_the_tree_is_a_clear_error(rng):
+    X = rng.normal(size=(5, 3))
+    with pytest.raises(ValueError, match=r"n_samples=5 should be >= n_leaves=16"):
+        HMERegressor(depth=4).fit(X, X[:, 0])
+    with pytest.raises(ValueError, match=r"n_samples=5 should be >= n_leaves=16"):
+        HMEClassifier(depth=4).fit(X, (X[:, 0] > 0).astype(int))
+    with pytest.raises(ValueError, match=r"n_samples=3 \(with positive weight\) should be >= the tree's 4 leaves"):
+        HMERegressor(depth=2).fit(np.vstack([X, X]), np.r_[X[:, 0], X[:, 0]], sample_weight=np.r_[1, 1, 1, 0, 0, 0, 0, 0, 0, 0.0])
+
+
+def test_stress_harness_small_run_has_no_failures():
+    """Random fits in a worker process under a watchdog: 0 hangs, crashes, unexpected errors, non-finite outputs."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "stress.py"), "--fits", "5", "--max-n", "400",
+         "--seed", "3", "--workers", "1", "--timeout", "300"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert "stress: 0 failures" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 0
+
+
+def _check_fit_or_clear_error(est, X, y, w=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            est.fit(X, y, sample_weight=w)
+        except (ValueError, TypeError) as exc:
+            assert str(exc), "an error must say what is wrong"
+            assert "jax" not in type(exc).__module__
+            return False
+        pred = np.asarray(est.predict(X), float)
+        assert np.all(np.isfinite(pred))
+        if hasattr(est, "predict_proba"):
+            p = est.predict_proba(X)
+            assert np.all((p >= 0) & (p <= 1)) and np.allclose(p.sum(1), 1)
+        return True
+
+
+columns = st.sampled_from(["normal", "constant", "duplicate", "huge", "tiny", "integer"])
+
+
+def _design(rng, n, kinds):
+    cols = []
+    for k in kinds:
+        c = rng.normal(size=n)
+        if k == "constant":
+            c = np.full(n, 3.0)
+        elif k == "duplicate" and cols:
+            c = cols[0].copy()
+        elif k == "huge":
+            c = c * 1e6
+        elif k == "tiny":
+            c = c * 1e-6
+        elif k == "integer":
+            c = rng.integers(0, 3, size=n).astype(float)
+        cols.append(c)
+    return np.column_stack(cols)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(
+    n=st.sampled_from([2, 3, 7, 40, 200]),
+    kinds=st.lists(columns, min_size=1, max_size=3),
+    weights=st.sampled_from(["none", "fractional", "some zero"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_regressor_fits_or_raises_clearly(n, kinds, weights, dtype):
+    rng = np.random.default_rng(n)
+    X = _design(rng, n, kinds).astype(dtype)
+    y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=n)
+    w = {"none": None, "fractional": rng.uniform(0.01, 2.0, n), "some zero": (np.arange(n) % 3 != 0).astype(float)}[weights]
+    _check_fit_or_clear_error(HMERegressor(depth=1, max_iter=10, random_state=0), X, y, w)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(
+    n=st.sampled_from([4, 30, 300]),
+    n_classes=st.sampled_from([2, 3, 7]),
+    imbalance=st.sampled_from([1.0, 0.02]),
+    kinds=st.lists(columns, min_size=1, max_size=2),
+)
+def test_classifier_fits_or_raises_clearly(n, n_classes, imbalance, kinds):
+    rng = np.random.default_rng(n + n_classes)
+    X = _design(rng, n, kinds)
+    p = np.r_[1.0, np.full(n_classes - 1, imbalance)]
+    y = rng.choice(n_classes, size=n, p=p / p.sum())
+    _check_fit_or_clear_error(HMEClassifier(depth=1, max_iter=10, random_state=0), X, y)
+
+
+def test_pandas_input_with_categorical_column_is_a_clear_error_or_fits(rng):
+    df = pd.DataFrame({"a": rng.normal(size=50), "b": pd.Categorical(rng.choice(["x", "y"], size=50))})
+    y = rng.normal(size=50)
+    with pytest.raises((ValueError, TypeError)):
+        HMERegressor(depth=1).fit(df, y)
+    assert _check_fit_or_clear_error(HMERegressor(depth=1, max_iter=10), df[["a"]], y)
