@@ -140,7 +140,7 @@ class _HMEBase(BaseEstimator):
             else:
                 if self.batch_size is not None:
                     raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
-                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
+                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, verbose=int(bool(self.verbose)), **common)
             res = jax.device_get(res)
         self._spec = spec
         # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):

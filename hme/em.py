@@ -26,6 +26,7 @@ import numpy as np
 
 from . import batched_linalg
 from . import experts as _experts
+from . import monitor as _monitor
 from . import gates as _gates
 from ._linalg import padded_length, weighted_gram
 from ._logit import newton_weights
@@ -63,6 +64,8 @@ class FitConfig:
     gate_solver: str = "newton"
     expert_solver: str = "newton"
     user_init: bool = False
+    #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
+    monitor: bool = False
 
 
 class FitData(NamedTuple):
@@ -215,6 +218,8 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
         rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
         converged = (k > 0) & finite & (rel <= opts.tol)
         done = converged | ~finite | (k >= cfg.max_iter)
+        if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
+            done = done | _monitor.report(k, obj)
         new_params = m_step(spec, cfg, s["params"], data, st, opts)
         # keep the last parameters with a finite objective
         good = _select(finite, s["params"], s["good"])
@@ -340,6 +345,8 @@ def fit_em(
     var_floor=None,
     gate_solver: str = "newton",
     expert_solver: str = "newton",
+    verbose: int = 0,
+    interruptible: bool = True,
 ) -> EMResult:
     r"""Fit an HME by EM.
 
@@ -362,6 +369,11 @@ def fit_em(
     var_floor : floor on Gaussian expert variances, scalar or per output; default 1e-6 x Var(y)
     gate_solver : "newton" (exact IRLS Hessian) or "bound" (Böhning's curvature bound; no extra data pass)
     expert_solver : "newton" or "bound", for categorical experts
+    verbose : > 0 shows a progress bar (iteration, best objective, restarts) from the start; otherwise it appears
+        only once the fit has run for :data:`hme.monitor.QUIET_SECONDS`
+    interruptible : for fits whose iterations are expensive (:func:`hme.monitor.worth_monitoring`), report to the
+        host every iteration (progress; Ctrl-C stops the compiled loop within one iteration and raises
+        ``KeyboardInterrupt`` with nothing left running). False always compiles the bare loop.
 
     Returns
     -------
@@ -371,8 +383,12 @@ def fit_em(
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor)
-    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init)
-    return _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
+    monitored = bool(verbose) or (interruptible and _monitor.worth_monitoring(spec, p.X.shape[0]))
+    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored)
+    if not monitored:
+        return _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
+    mon = _monitor.FitMonitor(max_iter, verbose, label=f"EM ({n_init} restart{'s' if n_init > 1 else ''})")
+    return _monitor.run_monitored(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), mon)
 
 
 class Prepared(NamedTuple):

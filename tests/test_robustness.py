@@ -114,3 +114,47 @@ def test_pandas_input_with_categorical_column_is_a_clear_error_or_fits(rng):
     with pytest.raises((ValueError, TypeError)):
         HMERegressor(depth=1).fit(df, y)
     assert _check_fit_or_clear_error(HMERegressor(depth=1, max_iter=10), df[["a"]], y)
+
+
+_INTERRUPT = r"""
+import os, signal, sys, threading, time
+import numpy as np, jax
+jax.config.update("jax_enable_x64", True)
+import hme, hme.monitor as M
+rng = np.random.default_rng(0)
+spec = hme.ModelSpec(hme.TreeSpec.complete(1, 2), n_features=2, expert="gaussian", n_targets=1)
+X = rng.normal(size=(3000, 2)); y = rng.normal(size=3000)
+seen = []
+class Probe(M.FitMonitor):
+    def __call__(self, k, obj):
+        seen.append(self)
+        if self.reports == 20:  # the compiled loop is running: interrupt it as Ctrl-C would
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().__call__(k, obj)
+M.FitMonitor = Probe
+t = time.perf_counter()
+try:
+    hme.fit_em(spec, X, y, max_iter=10**7, tol=0.0, n_init=2, verbose=1)
+    print("RETURNED")
+except KeyboardInterrupt:
+    mon = seen[-1]
+    print(f"INTERRUPTED stop_requested={mon.stop_requested} reports={mon.reports}")
+time.sleep(1.0)  # XLA's thread pool spin-waits briefly after any computation
+c0 = time.process_time(); time.sleep(2.0)
+print(f"IDLE_CPU {time.process_time() - c0:.3f}")
+r = hme.fit_em(spec, X, y, max_iter=5)
+print("NEXT_FIT", bool(np.isfinite(float(r.objective))))
+"""
+
+
+def test_ctrl_c_stops_a_running_fit_cleanly():
+    """SIGINT during a compiled EM loop: KeyboardInterrupt within an iteration, nothing left computing, the
+    interpreter usable for the next fit; verbose shows a progress bar."""
+    out = subprocess.run([sys.executable, "-c", _INTERRUPT], capture_output=True, text=True, timeout=600)
+    assert "INTERRUPTED stop_requested=True" in out.stdout, out.stdout + out.stderr[-2000:]
+    reports = int(out.stdout.split("reports=")[1].split()[0])
+    assert reports <= 25  # stopped within a few iterations of the request, not after max_iter=1e7
+    idle = float(out.stdout.split("IDLE_CPU ")[1].split()[0])
+    assert idle < 0.2, f"something kept computing after the interrupt ({idle} s CPU in 2 s)"
+    assert "NEXT_FIT True" in out.stdout
+    assert "EM (2 restarts)" in out.stderr  # the progress bar
