@@ -87,7 +87,7 @@ class FitMonitor:
 
     def _show(self, n_restarts: int):
         if self._bar is None:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # the text bar: tqdm.auto's notebook widget would need ipywidgets
 
             self._bar = tqdm(total=self.max_iter, desc=self.label, unit="it", file=self.stream, leave=False,
                              dynamic_ncols=True)
