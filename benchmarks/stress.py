@@ -211,7 +211,7 @@ def describe(cfg):
     return " ".join(f"{k}={cfg[k]}" for k in keys) + extra
 
 
-def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log=print):
+def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log=print, on_result=None):
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -231,6 +231,8 @@ def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log
             if outcome in ("hang", "crash"):
                 pool[slot] = Worker()
             results[i] = (outcome, detail, secs)
+            if on_result is not None:
+                on_result(configs, results)
             log(f"[{sum(r is not None for r in results):>4}/{n_fits}] {outcome:<11} {secs:7.1f} s  {describe(configs[i])}"
                 + (f"  -- {detail}" if detail else ""))
 
@@ -255,6 +257,32 @@ def table(configs, results) -> str:
     return "\n".join(lines)
 
 
+def write_markdown(path, argv, configs, results, t0, args):
+    """The table of the fits done so far, written to ``path`` when given (a run cut short still leaves an honest
+    partial table). Returns (summary line, failures, counts of clear errors)."""
+    import numpy as np
+
+    done = [(c, r) for c, r in zip(configs, results) if r is not None]
+    cs, rs = [c for c, _ in done], [r for _, r in done]
+    secs = [r[2] for r in rs if r[0] in ("ok", "clear error")]
+    summary = (f"{len(done)} of {args.fits} fits done, seed {args.seed}, n up to {args.max_n}, watchdog "
+               f"{args.timeout:.0f} s, {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall; median fit "
+               f"{np.median(secs) if secs else float('nan'):.1f} s")
+    bad = [(c, r) for c, r in done if r[0] in ("unexpected", "non-finite", "hang", "crash")]
+    errors = collections.Counter(r[1] for r in rs if r[0] == "clear error")
+    if path is None:
+        return summary, bad, errors
+    with open(path, "w") as f:
+        f.write("# Stress test\n\nWritten by `python benchmarks/stress.py " + " ".join(argv) + "`.\n\n")
+        f.write(summary + ".\n\n" + table(cs, rs) + "\n")
+        if errors:
+            f.write("\nClear errors raised (invalid configurations for the data):\n\n")
+            f.write("\n".join(f"- `{k}`: {v}" for k, v in errors.most_common()) + "\n")
+        if bad:
+            f.write("\nFailures:\n\n" + "\n".join(f"- {r[0]}: {describe(c)} seed={c['seed']}: {r[1]}" for c, r in bad) + "\n")
+    return summary, bad, errors
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fits", type=int, default=300)
@@ -265,29 +293,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the table and the failures as Markdown here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers)
-    tab = table(configs, results)
-    secs = [r[2] for r in results if r[0] in ("ok", "clear error")]
-    import numpy as np
-
-    summary = (f"{args.fits} fits, seed {args.seed}, n up to {args.max_n}, watchdog {args.timeout:.0f} s, "
-               f"{time.perf_counter() - t0:.0f} s wall; median fit {np.median(secs) if secs else float('nan'):.1f} s")
-    bad = [(c, r) for c, r in zip(configs, results) if r[0] in ("unexpected", "non-finite", "hang", "crash")]
-    errors = collections.Counter(r[1] for _, r in zip(configs, results) if r[0] == "clear error")
-    print("\n" + summary + "\n\n" + tab)
+    argv_list = list(argv) if argv is not None else sys.argv[1:]
+    hook = (lambda c, r: write_markdown(args.out, argv_list, c, r, t0, args)) if args.out else None
+    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers, on_result=hook)
+    summary, bad, errors = write_markdown(args.out, argv_list, configs, results, t0, args)
+    print("\n" + summary + "\n\n" + table(configs, results))
     if errors:
         print("\nclear errors raised:\n" + "\n".join(f"  {k}: {v}" for k, v in errors.most_common()))
     for c, r in bad:
         print(f"FAILURE {r[0]}: {describe(c)} seed={c['seed']} -- {r[1]}")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("# Stress test\n\nWritten by `python benchmarks/stress.py " + " ".join(argv or sys.argv[1:]) + "`.\n\n")
-            f.write(summary + ".\n\n" + tab + "\n")
-            if errors:
-                f.write("\nClear errors raised (expected: invalid configurations for the data):\n\n")
-                f.write("\n".join(f"- `{k}`: {v}" for k, v in errors.most_common()) + "\n")
-            if bad:
-                f.write("\nFailures:\n\n" + "\n".join(f"- {r[0]}: {describe(c)} seed={c['seed']}: {r[1]}" for c, r in bad) + "\n")
     n_bad = len(bad)
     print(f"\nstress: {n_bad} failures (unexpected, non-finite, hang, crash) in {args.fits} fits")
     return 1 if n_bad else 0
