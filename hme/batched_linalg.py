@@ -329,3 +329,17 @@ def matrix_abs(a: jax.Array) -> jax.Array:
     sign = lax.fori_loop(0, SIGN_ITERATIONS, body, x0)
     out = _mm(sign, a)
     return 0.5 * (out + _t(out))
+
+
+def leading_eigenvector(a: jax.Array, iterations: int = 64) -> jax.Array:
+    """Eigenvector of the largest eigenvalue of a symmetric positive semi-definite matrix (n, n), by power
+    iteration from a fixed, generic start (deterministic; its sign is arbitrary)."""
+    n = a.shape[-1]
+    v0 = 1.0 + jnp.arange(n, dtype=a.dtype) / n
+
+    def body(_, v):
+        w = _mm(a, v[:, None])[:, 0]
+        norm = jnp.sqrt(jnp.sum(w * w))
+        return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
+
+    return lax.fori_loop(0, iterations, body, v0 / jnp.sqrt(jnp.sum(v0 * v0)))

@@ -319,8 +319,12 @@ def _leaf_health(spec, params, data, opts):
         return count, jnp.zeros(count.shape, bool)
     s = jnp.sqrt(opts.var_floor)
     scaled = cov / (s[:, None] * s[None, :])
-    lam_min = batched_linalg.eigvalsh(scaled)[..., 0]
-    return count, lam_min <= 1.0 + 1e-3
+    # λ_min(S) ≤ t  ⇔  S - tI has a non-positive eigenvalue  ⇔  tr(|S - tI| - (S - tI)) = 2 Σ max(t - λ, 0) > 0
+    t = 1.0 + 1e-3
+    shifted = scaled - t * jnp.eye(scaled.shape[-1], dtype=scaled.dtype)
+    gap = jnp.trace(batched_linalg.matrix_abs(shifted) - shifted, axis1=-2, axis2=-1)
+    scale = jnp.sqrt(jnp.sum(shifted * shifted, axis=(-2, -1)))
+    return count, gap > 1e-6 * jnp.maximum(scale, 1.0)
 
 
 def _check_finite(name, a):

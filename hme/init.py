@@ -84,8 +84,7 @@ def _place_clusters(structure, C):
         sub = C[idx]
         sub = sub - jnp.mean(sub, 0)
         # projections on the leading principal axis of the centred centres ∝ the leading eigenvector of sub subᵀ
-        _, vec = batched_linalg.eigh(sub @ sub.T)
-        order = idx[jnp.argsort(vec[:, -1])]
+        order = idx[jnp.argsort(batched_linalg.leading_eigenvector(sub @ sub.T))]
         out, start = [], 0
         for child in node:
             k = _leaf_count(child)

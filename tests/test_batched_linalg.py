@@ -138,3 +138,17 @@ def test_two_batched_solves_in_one_program_finish_in_a_subprocess():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "finished every case" in out.stdout
     assert not X64 or "max error" in out.stdout
+
+
+def test_leading_eigenvector_and_covariance_floor_match_numpy(rng):
+    S = rng.normal(size=(6, 3))
+    A = S @ S.T
+    v = np.asarray(bl.leading_eigenvector(A))
+    ref = np.linalg.eigh(A)[1][:, -1]
+    assert abs(abs(v @ ref) - 1.0) < 1e-8
+    # the Gaussian experts' covariance floor: V max(Λ, 1) Vᵀ through |C - I|
+    from hme.experts.gaussian import _floor_cov
+
+    C = np.array([[2.0, 0.9], [0.9, 0.6]])
+    lam, V = np.linalg.eigh(C)
+    np.testing.assert_allclose(_floor_cov(C, np.ones(2), "full"), (V * np.maximum(lam, 1.0)) @ V.T, atol=1e-10)

@@ -66,11 +66,12 @@ def _floor_cov(cov, var_floor, kind):
     if kind == "diag" or m == 1:
         v = jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1), var_floor)
         return jax.vmap(jnp.diag)(v) if cov.ndim == 3 else jnp.diag(v)
-    # full: scale to unit floor, clip eigenvalues at 1, scale back (exact for a common floor)
+    # full: scale to unit floor, clip eigenvalues at 1, scale back (exact for a common floor):
+    # V max(Λ, 1) Vᵀ = (C + I + |C - I|) / 2, with |·| from matrix products (no eigensolver)
     s = jnp.sqrt(var_floor)
     c = cov / (s[:, None] * s[None, :])
-    lam, vec = batched_linalg.eigh(c)
-    c = jnp.einsum("...ij,...j,...kj->...ik", vec, jnp.maximum(lam, 1.0), vec)
+    eye = jnp.eye(m, dtype=cov.dtype)
+    c = 0.5 * (c + eye + batched_linalg.matrix_abs(c - eye))
     return c * (s[:, None] * s[None, :])
 
 
