@@ -21,8 +21,8 @@ its pool, on any core count and on GPU:
   never NaN.
 * :func:`matrix_abs` -- ``|A|`` of symmetric matrices from the Newton-Schulz iteration for the matrix sign
   function (the saddle-free Newton step of the Laplace gates needs nothing more).
-* :func:`eigh` -- for small matrices (covariances of a few outputs, leaf centres): cyclic Jacobi with a
-  round-robin ordering; each round applies ⌊n/2⌋ disjoint plane rotations at once, sweeping until the
+* :func:`eigh` -- a tested utility for small matrices, not used by the fitting programs (its gathers compile
+  and run slowly on XLA:CPU): cyclic Jacobi with a round-robin ordering; each round applies ⌊n/2⌋ disjoint plane rotations at once, sweeping until the
   off-diagonal mass is at rounding level. Gathers are slow on XLA:CPU, so keep n small (≲ 10).
 
 Shapes follow ``jnp.linalg``: a leading batch of any rank, matrices in the last two axes.
