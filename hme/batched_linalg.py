@@ -21,9 +21,7 @@ its pool, on any core count and on GPU:
   never NaN.
 * :func:`matrix_abs` -- ``|A|`` of symmetric matrices from the Newton-Schulz iteration for the matrix sign
   function (the saddle-free Newton step of the Laplace gates needs nothing more).
-* :func:`eigh` -- a tested utility for small matrices, not used by the fitting programs (its gathers compile
-  and run slowly on XLA:CPU): cyclic Jacobi with a round-robin ordering; each round applies ⌊n/2⌋ disjoint plane rotations at once, sweeping until the
-  off-diagonal mass is at rounding level. Gathers are slow on XLA:CPU, so keep n small (≲ 10).
+* :func:`leading_eigenvector` -- power iteration (the k-means start's principal axis).
 
 Shapes follow ``jnp.linalg``: a leading batch of any rank, matrices in the last two axes.
 """
@@ -42,8 +40,6 @@ from jax import lax
 BLOCK = 32
 #: Relative pivot floor of :func:`cholesky` (times the largest diagonal entry).
 PIVOT_FLOOR = 10.0
-#: Upper bound on Jacobi sweeps; convergence is quadratic, so float64 needs about 6-10 for n ≤ 100.
-MAX_SWEEPS = 30
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -215,93 +211,7 @@ def logdet(factor: CholeskyFactor) -> jax.Array:
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(factor.lower, axis1=-2, axis2=-1)), axis=-1)
 
 
-# -- symmetric eigensystems: cyclic Jacobi ----------------------------------------------------------------
-
-
-def _round_robin(m: int) -> np.ndarray:
-    """(m-1, 2, m/2) disjoint index pairs (p < q) whose rounds together cover every pair once (m even)."""
-    players = list(range(m))
-    rounds = []
-    for _ in range(m - 1):
-        top, bottom = players[: m // 2], players[m // 2 :][::-1]
-        pairs = sorted((min(p, q), max(p, q)) for p, q in zip(top, bottom))
-        rounds.append(np.array(pairs).T)
-        players = [players[0]] + [players[-1]] + players[1:-1]
-    return np.stack(rounds)
-
-
-def _rotate(a, v, pq):
-    """One round: rotations in the planes (p_i, q_i) that zero a[p_i, q_i], applied as Jᵀ a J and v J."""
-    p, q = pq[0], pq[1]
-    m = a.shape[-1]
-    app = a[..., p, p]
-    aqq = a[..., q, q]
-    apq = a[..., p, q]
-    tiny = jnp.finfo(a.dtype).tiny
-    small = jnp.abs(apq) <= tiny
-    theta = (aqq - app) / (2.0 * jnp.where(small, 1.0, apq))
-    t = jnp.sign(theta) / (jnp.abs(theta) + jnp.hypot(theta, 1.0))
-    t = jnp.where(theta == 0, 1.0, t)
-    t = jnp.where(small, 0.0, t)
-    c = lax.rsqrt(1.0 + t * t)
-    s = t * c
-    order = jnp.concatenate([p, q])
-    back = jnp.zeros((m,), order.dtype).at[order].set(jnp.arange(m, dtype=order.dtype))
-
-    def rows(x):  # new rows p: c x_p - s x_q, rows q: s x_p + c x_q
-        xp, xq = jnp.take(x, p, axis=-2), jnp.take(x, q, axis=-2)
-        new = jnp.concatenate([c[..., None] * xp - s[..., None] * xq, s[..., None] * xp + c[..., None] * xq], -2)
-        return jnp.take(new, back, axis=-2)
-
-    def cols(x):
-        return _t(rows(_t(x)))
-
-    return cols(rows(a)), cols(v)
-
-
-def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""Eigenvalues (ascending) and eigenvectors of symmetric matrices a: (..., n, n), as ``jnp.linalg.eigh``.
-
-    Cyclic Jacobi: ``A ← Jᵀ A J`` over all planes per sweep until ``‖off(A)‖_F ≤ ε ‖A‖_F`` for every matrix of
-    the batch (at most :data:`MAX_SWEEPS`). Columns of the returned vectors satisfy ``A v_i = λ_i v_i``.
-    """
-    n = a.shape[-1]
-    a = 0.5 * (a + _t(a))
-    if n == 1:
-        return a[..., 0, :], jnp.ones_like(a)
-    m = n + (n % 2)
-    if m != n:  # an isolated extra coordinate (zero coupling: its rotations are the identity)
-        a = jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, 1), (0, 1)])
-    schedule = jnp.asarray(_round_robin(m))
-    eps = jnp.finfo(a.dtype).eps
-    norm2 = jnp.sum(a * a, axis=(-2, -1))
-    eye_m = jnp.eye(m, dtype=a.dtype)
-
-    def off2(x):
-        return jnp.sum(jnp.where(eye_m > 0, 0.0, x * x), axis=(-2, -1))
-
-    def cond(state):
-        x, _, sweep = state
-        return jnp.logical_and(sweep < MAX_SWEEPS, jnp.any(off2(x) > (eps * eps) * norm2))
-
-    def sweep_body(state):
-        x, v, sweep = state
-        (x, v), _ = lax.scan(lambda xv, pq: (_rotate(xv[0], xv[1], pq), None), (x, v), schedule)
-        return x, v, sweep + 1
-
-    v0 = jnp.broadcast_to(eye_m, a.shape)
-    x, v, _ = lax.while_loop(cond, sweep_body, (a, v0, 0))
-    lam = jnp.diagonal(x, axis1=-2, axis2=-1)[..., :n]
-    v = v[..., :n, :n]
-    order = jnp.argsort(lam, axis=-1)
-    lam = jnp.take_along_axis(lam, order, axis=-1)
-    v = jnp.take_along_axis(v, order[..., None, :], axis=-1)
-    return lam, v
-
-
-def eigvalsh(a: jax.Array) -> jax.Array:
-    """Eigenvalues (ascending) of symmetric matrices (..., n, n)."""
-    return eigh(a)[0]
+# -- symmetric matrix functions from matrix products --------------------------------------------------
 
 
 #: Newton-Schulz iterations of :func:`matrix_abs`: a relative eigenvalue δ grows by 1.5 per step until it is

@@ -59,19 +59,6 @@ def test_semidefinite_and_zero_matrices_give_finite_solutions(rng):
     assert np.all(np.isfinite(np.asarray(bl.solve_psd(np.zeros((1, 3, 3)), np.ones((1, 3))))))
 
 
-@pytest.mark.parametrize("dtype", dtypes(), ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n", [1, 2, 3, 6, 9])
-def test_eigh_matches_numpy(n, dtype, rng):
-    S = rng.normal(size=(4, n, n))
-    S = (S + np.swapaxes(S, 1, 2)).astype(dtype)
-    lam, vec = jax.jit(bl.eigh)(S)
-    lam, vec = np.asarray(lam, np.float64), np.asarray(vec, np.float64)
-    tol = 100 * TOL[dtype]
-    np.testing.assert_allclose(lam, np.linalg.eigvalsh(S.astype(np.float64)), atol=tol * np.abs(S).max())
-    np.testing.assert_allclose(S @ vec, vec * lam[:, None, :], atol=tol * np.abs(S).max())
-    np.testing.assert_allclose(np.swapaxes(vec, 1, 2) @ vec, np.broadcast_to(np.eye(n), (4, n, n)), atol=tol)
-
-
 @pytest.mark.parametrize("n", [3, 12, 42])
 def test_matrix_abs_matches_eigendecomposition(n, rng):
     S = rng.normal(size=(3, n, n))
