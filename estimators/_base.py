@@ -132,6 +132,7 @@ class _HMEBase(BaseEstimator):
             sample_weight=sample_weight, init=self.init_params, init_params=init,
             n_init=1 if init is not None else self.n_init, random_state=seed, max_iter=self.max_iter,
             tol=self.tol, alpha=self.alpha, gate_alpha=self.gate_alpha, var_floor=var_floor,
+            verbose=int(bool(self.verbose)),
         )
         with _precision(X.dtype):
             if self.solver == "gradient":
@@ -140,7 +141,7 @@ class _HMEBase(BaseEstimator):
             else:
                 if self.batch_size is not None:
                     raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
-                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, verbose=int(bool(self.verbose)), **common)
+                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
             res = jax.device_get(res)
         self._spec = spec
         # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):

@@ -28,6 +28,7 @@ import optax
 
 from . import batched_linalg
 from . import gates as _gates
+from . import monitor as _monitor
 from .em import (
     DEFAULT_ALPHA,
     DEFAULT_GATE_ALPHA,
@@ -63,6 +64,8 @@ class GradientConfig:
     user_init: bool = False
     gate_solver: str = "newton"  # used by the initialisation only
     expert_solver: str = "newton"
+    #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
+    monitor: bool = False
 
 
 # -- unconstrained parameterisation ---------------------------------------------------------------------
@@ -227,6 +230,8 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
         rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
         converged = (k > 0) & finite & (rel <= opts.tol)
         done = converged | ~finite | (k >= cfg.max_iter)
+        if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
+            done = done | _monitor.report(k, obj)
         good = _select(finite, s["u"], s["good"])
         keep = done
         return dict(
@@ -290,6 +295,8 @@ def fit_gradient(
     alpha: float = DEFAULT_ALPHA,
     gate_alpha: float = DEFAULT_GATE_ALPHA,
     var_floor=None,
+    verbose: int = 0,
+    interruptible: bool = True,
 ) -> EMResult:
     r"""Fit an HME by gradient-based maximum likelihood (same model, objective and starts as :func:`hme.fit_em`).
 
@@ -297,7 +304,8 @@ def fit_gradient(
         default 1e-2; full batch or minibatches of ``batch_size`` rows)
     max_iter : iterations (full batch) or epochs (minibatch); ``tol`` : EM's relative-change rule (default 1e-9:
         gradient steps change the objective less per step than EM's, so the rule needs a tighter tolerance)
-    Everything else as in :func:`hme.fit_em`. Returns an :class:`hme.EMResult` (``history``: the objective per
+    Everything else, ``verbose`` (progress bar) and ``interruptible`` (Ctrl-C stops the compiled loop within one
+    iteration) included, as in :func:`hme.fit_em`. Returns an :class:`hme.EMResult` (``history``: the objective per
     iteration or epoch).
     """
     if optimizer not in OPTIMIZERS:
@@ -311,6 +319,12 @@ def fit_gradient(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor)
+    monitored = bool(verbose) or (interruptible and _monitor.worth_monitoring(spec, p.X.shape[0]))
     cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
-                         learning_rate, p.user_init)
-    return _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
+                         learning_rate, p.user_init, monitor=monitored)
+    if not monitored:
+        return _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
+    label = f"{optimizer} ({n_init} restart{'s' if n_init > 1 else ''})"
+    mon = _monitor.FitMonitor(max_iter, verbose, label=label)
+    return _monitor.run_monitored(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
+                                  mon)

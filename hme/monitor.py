@@ -116,37 +116,56 @@ def report(k: jax.Array, objective: jax.Array) -> jax.Array:
 def run_monitored(dispatch, monitor: FitMonitor, poll: float = 0.05) -> Any:
     """Run ``dispatch()`` (which launches the compiled fit) with ``monitor`` active and return its result, ready.
 
-    ``dispatch`` runs in a helper thread (tracing and compiling included); the calling thread waits in
-    ``Thread.join`` slices, where Ctrl-C is delivered. On ``KeyboardInterrupt`` the loop is asked to stop, the
-    helper thread is joined (the program returns within one iteration) and the interrupt is re-raised.
-    Exceptions of the fit are re-raised in the calling thread.
+    ``dispatch`` runs in a helper thread (tracing and compiling included); the calling thread waits on an event
+    in ``poll``-second slices, where Ctrl-C is delivered. On ``KeyboardInterrupt`` the loop is asked to stop, the
+    calling thread waits until the compiled program has returned (within one iteration; further Ctrl-C presses
+    meanwhile are absorbed, so nothing is left running) and the interrupt is re-raised. Exceptions of the fit are
+    re-raised in the calling thread.
+
+    The wait is an ``Event``, not ``Thread.join(timeout)``: on CPython 3.11 an interrupt inside ``join`` can mark a
+    still-running thread as stopped (the bpo-45274 handler releases the running thread's state lock), after which
+    ``join()`` returns at once and the fit would keep running unmonitored in the background.
     """
     global _active
     if not _lock.acquire(blocking=False):
         raise RuntimeError("another monitored hme fit is running in this process; run fits one after another")
     box: dict = {}
+    finished = threading.Event()
 
     def target():
         try:
             box["result"] = jax.block_until_ready(dispatch())
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
+        finally:
+            finished.set()
 
     worker = threading.Thread(target=target, name="hme-fit", daemon=True)
     try:
         _active = monitor
         worker.start()
         try:
-            while worker.is_alive():
-                worker.join(poll)
+            while not finished.wait(poll):
+                pass
         except KeyboardInterrupt:
             monitor.stop_requested = True
-            worker.join()
+            _wait_absorbing_interrupts(finished, poll)
             raise
     finally:
+        if finished.is_set():
+            worker.join()
         _active = None
         monitor.close()
         _lock.release()
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _wait_absorbing_interrupts(event: threading.Event, poll: float) -> None:
+    """Wait until ``event`` is set; a Ctrl-C meanwhile does not cut the wait short (the loop is already stopping)."""
+    while not event.is_set():
+        try:
+            event.wait(poll)
+        except KeyboardInterrupt:
+            continue

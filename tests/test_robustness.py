@@ -134,11 +134,15 @@ class Probe(M.FitMonitor):
 M.FitMonitor = Probe
 t = time.perf_counter()
 try:
-    hme.fit_em(spec, X, y, max_iter=10**7, tol=0.0, n_init=2, verbose=1)
+    if sys.argv[1] == "em":
+        hme.fit_em(spec, X, y, max_iter=10**7, tol=0.0, n_init=2, verbose=1)
+    else:
+        hme.fit_gradient(spec, X, y, optimizer="adam", max_iter=10**6, tol=0.0, n_init=2, verbose=1)
     print("RETURNED")
 except KeyboardInterrupt:
     mon = seen[-1]
     print(f"INTERRUPTED stop_requested={mon.stop_requested} reports={mon.reports}")
+print("LEFT_RUNNING", [t.name for t in threading.enumerate() if t.name == "hme-fit"])
 time.sleep(1.0)  # XLA's thread pool spin-waits briefly after any computation
 c0 = time.process_time(); time.sleep(2.0)
 print(f"IDLE_CPU {time.process_time() - c0:.3f}")
@@ -147,14 +151,16 @@ print("NEXT_FIT", bool(np.isfinite(float(r.objective))))
 """
 
 
-def test_ctrl_c_stops_a_running_fit_cleanly():
-    """SIGINT during a compiled EM loop: KeyboardInterrupt within an iteration, nothing left computing, the
-    interpreter usable for the next fit; verbose shows a progress bar."""
-    out = subprocess.run([sys.executable, "-c", _INTERRUPT], capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("solver, label", [("em", "EM (2 restarts)"), ("gradient", "adam (2 restarts)")])
+def test_ctrl_c_stops_a_running_fit_cleanly(solver, label):
+    """SIGINT during a compiled EM or gradient loop: KeyboardInterrupt within an iteration, nothing left
+    computing, the interpreter usable for the next fit; verbose shows a progress bar."""
+    out = subprocess.run([sys.executable, "-c", _INTERRUPT, solver], capture_output=True, text=True, timeout=600)
     assert "INTERRUPTED stop_requested=True" in out.stdout, out.stdout + out.stderr[-2000:]
     reports = int(out.stdout.split("reports=")[1].split()[0])
+    assert "LEFT_RUNNING []" in out.stdout, out.stdout  # the fit's thread has ended, not merely been marked done
     assert reports <= 25  # stopped within a few iterations of the request, not after max_iter=1e7
     idle = float(out.stdout.split("IDLE_CPU ")[1].split()[0])
     assert idle < 0.2, f"something kept computing after the interrupt ({idle} s CPU in 2 s)"
     assert "NEXT_FIT True" in out.stdout
-    assert "EM (2 restarts)" in out.stderr  # the progress bar
+    assert label in out.stderr  # the progress bar
