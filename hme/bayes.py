@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import code_space
 from . import gates as _gates
 from .experts._linear import linear_predictor
 from .model import log_path_from_gates, make_design
@@ -172,6 +173,7 @@ def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
 
 def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9):
     """NUTS from ``init_params`` (all chains; numpyro adds its own jitter). Returns (samples by chain, divergences)."""
+    code_space.ensure_code_space()
     from functools import partial
 
     from numpyro.infer import MCMC, NUTS, init_to_value
@@ -190,6 +192,7 @@ def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_sa
     """SVI with a low-rank multivariate normal guide initialised at ``init_params``.
 
     Returns (draws with one leading chain axis, the loss = -ELBO per step)."""
+    code_space.ensure_code_space()
     from functools import partial
 
     import numpyro

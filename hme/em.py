@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import batched_linalg
+from . import code_space
 from . import experts as _experts
 from . import monitor as _monitor
 from . import gates as _gates
@@ -410,6 +411,7 @@ class Prepared(NamedTuple):
 def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha, gate_alpha,
                 var_floor) -> Prepared:
     """Shared validation of :func:`fit_em` and :func:`hme.fit_gradient` (clear errors, never a JAX traceback)."""
+    code_space.ensure_code_space()
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import code_space
 from . import experts as _experts
 from . import gates as _gates
 from .params import HMEParams
@@ -105,6 +106,7 @@ def _bucketed(fn):
     def wrapper(spec, params, X, *rest):
         from ._linalg import padded_length
 
+        code_space.ensure_code_space()
         X = jnp.asarray(X)
         n = X.shape[0]
         pad = padded_length(n) - n
