@@ -21,9 +21,8 @@ demo: $(STAMP)
 # Two workers: the suite is dominated by XLA compilation, which runs on one core per program.
 # The per-test watchdog (pytest-timeout, set in pyproject.toml) fails a hung test with its traceback instead
 # of blocking CI. No persistent compilation cache (CI starts cold anyway).
-# Nothing is rerun: a crash or a hang is a bug to root-cause. (Open, issue #10: jaxlib 0.10.2's XLA:CPU
-# compiler has segfaulted inside backend_compile_and_load about once per full run, with no LAPACK call in any
-# of hme's programs.)
+# Nothing is rerun: a crash or a hang is a bug to root-cause. (The compile segfault that hit about one run in
+# two was the JIT exhausting vm.max_map_count; hme.code_space guards against it, see the README.)
 test: $(STAMP)
 	JAX_COMPILATION_CACHE_DIR= $(BIN)/python -m pytest -q -n 2 -m "not slow"
 	JAX_COMPILATION_CACHE_DIR= JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py tests/test_gradient.py -k "float32 or recompile or dtype"

@@ -62,10 +62,9 @@ def test_every_family_improves_its_start_and_approaches_em(kwargs, rng):
     X = rng.uniform(-2, 2, size=(800, 2))
     y = random_targets(spec, rng, 800, X)
     p0 = _one_em_step_start(spec, X, y)
-    start = hme.fit_em(spec, X, y, init_params=p0, max_iter=1, tol=0.0)
     em = hme.fit_em(spec, X, y, init_params=p0, max_iter=500, tol=1e-10)
     gr = hme.fit_gradient(spec, X, y, init_params=p0, max_iter=3000, tol=1e-12)
-    assert float(gr.objective) > float(start.history[0])
+    assert float(gr.objective) > float(em.history[0])  # EM's history starts with the objective at p0
     # a different algorithm may stop at a different local optimum, but not a much worse one
     assert float(gr.objective) >= float(em.objective) - 0.02 * abs(float(em.objective))
 
