@@ -388,12 +388,10 @@ def fit_em(
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor)
-    monitored = bool(verbose) or (interruptible and _monitor.worth_monitoring(spec, p.X.shape[0]))
+    monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored)
-    if not monitored:
-        return _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
-    mon = _monitor.FitMonitor(max_iter, verbose, label=f"EM ({n_init} restart{'s' if n_init > 1 else ''})")
-    return _monitor.run_monitored(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), mon)
+    return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), monitored,
+                           max_iter, verbose, "EM", n_init)
 
 
 class Prepared(NamedTuple):

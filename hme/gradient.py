@@ -319,12 +319,8 @@ def fit_gradient(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor)
-    monitored = bool(verbose) or (interruptible and _monitor.worth_monitoring(spec, p.X.shape[0]))
+    monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
                          learning_rate, p.user_init, monitor=monitored)
-    if not monitored:
-        return _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params)
-    label = f"{optimizer} ({n_init} restart{'s' if n_init > 1 else ''})"
-    mon = _monitor.FitMonitor(max_iter, verbose, label=label)
-    return _monitor.run_monitored(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
-                                  mon)
+    return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
+                           monitored, max_iter, verbose, optimizer, n_init)

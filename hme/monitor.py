@@ -113,6 +113,19 @@ def report(k: jax.Array, objective: jax.Array) -> jax.Array:
                              vmap_method="broadcast_all")
 
 
+def wanted(spec, n_rows: int, verbose: int, interruptible: bool) -> bool:
+    """Whether a fit compiles the per-iteration report in: always when ``verbose``, else for expensive iterations."""
+    return bool(verbose) or (interruptible and worth_monitoring(spec, n_rows))
+
+
+def launch(dispatch, monitored: bool, max_iter: int, verbose: int, label: str, n_init: int) -> Any:
+    """``dispatch()`` directly, or under :func:`run_monitored` with a :class:`FitMonitor` when ``monitored``."""
+    if not monitored:
+        return dispatch()
+    label = f"{label} ({n_init} restart{'s' if n_init > 1 else ''})"
+    return run_monitored(dispatch, FitMonitor(max_iter, verbose, label=label))
+
+
 def run_monitored(dispatch, monitor: FitMonitor, poll: float = 0.05) -> Any:
     """Run ``dispatch()`` (which launches the compiled fit) with ``monitor`` active and return its result, ready.
 
