@@ -85,6 +85,52 @@ def weighted_gram(design: jax.Array, weights: jax.Array) -> jax.Array:
     return unpack(acc)
 
 
+#: Elements of the per-block Kronecker factor in :func:`kron_gram` (32 MB in float64).
+_KRON_BLOCK_ELEMENTS = 1 << 22
+
+
+def kron_gram(design: jax.Array, factors: jax.Array) -> jax.Array:
+    r"""Gram matrices of row-wise Kronecker products, ``C[u] = Σ_t (f_tu ⊗ d_t)(f_tu ⊗ d_t)ᵀ``.
+
+    Parameters
+    ----------
+    design : array of shape (n_samples, q)
+    factors : array of shape (n_samples, U, P)
+
+    Returns
+    -------
+    array of shape (U, P q, P q), index ``(b, i)`` at ``b q + i``.
+
+    Notes
+    -----
+    One batched GEMM per block of rows on the (rows, U, P q) Kronecker factor, so memory is
+    O(block U P q) however many samples there are: the (n, U P²) weights of the same matrix written as P²
+    weighted Grams would not fit in memory for tens of thousands of rows and twenty classes.
+    """
+    n, q = design.shape
+    _, U, P = factors.shape
+    chunk = min(CHUNK, max(16, _KRON_BLOCK_ELEMENTS // max(U * P * q, 1)))
+    chunk = min(1 << (chunk.bit_length() - 1), n)  # a power of two: divides the padded lengths of fits
+    if n % chunk:
+        pad = chunk - n % chunk
+        design = jnp.pad(design, ((0, pad), (0, 0)))
+        factors = jnp.pad(factors, ((0, pad), (0, 0), (0, 0)))
+
+    def block(x, f):
+        a = (f[:, :, :, None] * x[:, None, None, :]).reshape(x.shape[0], U, P * q)
+        return jnp.einsum("tui,tuj->uij", a, a)
+
+    if design.shape[0] == chunk:
+        return block(design, factors)
+
+    def body(acc, xf):
+        return acc + block(*xf), None
+
+    zero = jnp.zeros((U, P * q, P * q), design.dtype)
+    acc, _ = jax.lax.scan(body, zero, (_blocks(design, chunk), _blocks(factors, chunk)))
+    return acc
+
+
 def solve_psd(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     """Batched solve of symmetric positive (semi-)definite systems, with a relative jitter for safety.
 

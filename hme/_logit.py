@@ -10,7 +10,9 @@ totals ``n[t, u] = Σ_b e[t, u, b]`` (node posteriors times sample weights), the
 (π: per-column ridge). Its gradient is ``Σ_t (e_tub - n_tu p_tub) d_t - π θ_ub`` and its negative Hessian has
 blocks ``Σ_t n_tu (δ_bb' p_b - p_b p_b') d_t d_tᵀ``. Two curvatures are offered:
 
-* ``"newton"`` -- the exact Hessian (IRLS), one weighted-Gram pass with (B-1)² weights per unit;
+* ``"newton"`` -- the exact Hessian (IRLS). For a few classes it is one weighted-Gram pass with (B-1)² weights
+  per unit; for more it is assembled as ``blockdiag_b(Σ_t n_tu p_tub d_t d_tᵀ) - Σ_t n_tu (p_tu ⊗ d_t)(p_tu ⊗ d_t)ᵀ``
+  (:func:`newton_curvature`), the same flops in O(n (B-1) q) memory instead of O(n (B-1)²);
 * ``"bound"`` -- Böhning's (1992) bound ``½ (I - 11ᵀ/B) ⊗ Σ_t n_tu d_t d_tᵀ``, which needs only the node's
   Gram matrix (a subtree sum of the experts' leaf Grams when gates and experts share inputs) and makes each
   step a minorise-maximise step.
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linalg import newton_ascent, solve_psd, weighted_gram
+from ._linalg import kron_gram, newton_ascent, solve_psd, weighted_gram
 
 
 def masked_log_softmax(logits: jax.Array, mask) -> jax.Array:
@@ -81,6 +83,34 @@ def newton_weights(log_prob: jax.Array, totals: jax.Array, mask) -> jax.Array:
     return w.reshape(n, U * Bf * Bf)
 
 
+#: From this many free classes on, :func:`newton_curvature` uses the Kronecker form instead of (B-1)² weights.
+KRONECKER_MIN_FREE_CLASSES = 3
+
+
+def blocks_to_curvature(blocks: jax.Array) -> jax.Array:
+    """(U, Bf, Bf, q, q) Hessian blocks -> (U, Bf q, Bf q) matrices, index ``(b, i)`` at ``b q + i``."""
+    U, Bf, _, q, _ = blocks.shape
+    return blocks.transpose(0, 1, 3, 2, 4).reshape(U, Bf * q, Bf * q)
+
+
+def newton_curvature(design: jax.Array, log_prob: jax.Array, totals: jax.Array, mask) -> jax.Array:
+    r"""Negative Hessian of Σ_u Q_u in the free coefficients (penalty excluded): (U, (B-1) q, (B-1) q).
+
+    .. math:: H_u = Σ_t n_{tu} (\mathrm{diag}(p_{tu}) - p_{tu} p_{tu}^T) ⊗ d_t d_t^T
+
+    over the non-reference classes (absent classes have p = 0, so their rows and columns are 0).
+    """
+    p = free_probs(log_prob, mask)  # (n, U, Bf)
+    n, U, Bf = p.shape
+    q = design.shape[1]
+    if Bf < KRONECKER_MIN_FREE_CLASSES:
+        return blocks_to_curvature(weighted_gram(design, newton_weights(log_prob, totals, mask)).reshape(U, Bf, Bf, q, q))
+    diag = weighted_gram(design, (totals[:, :, None] * p).reshape(n, U * Bf)).reshape(U, Bf, q, q)
+    eye_b = jnp.eye(Bf, dtype=design.dtype)
+    block_diag = blocks_to_curvature(eye_b[None, :, :, None, None] * diag[:, :, None, :, :])
+    return block_diag - kron_gram(design, jnp.sqrt(totals)[:, :, None] * p)
+
+
 def logit_m_step(
     design: jax.Array,
     theta: jax.Array,
@@ -117,17 +147,17 @@ def logit_m_step(
     eye_b = jnp.eye(Bf, dtype=design.dtype)
     if solver == "newton":
         if hessian_gram is None:
-            hessian_gram = weighted_gram(design, newton_weights(log_prob, totals, mask))
-        blocks = hessian_gram.reshape(U, Bf, Bf, q, q)
+            curv = newton_curvature(design, log_prob, totals, mask)
+        else:
+            curv = blocks_to_curvature(hessian_gram.reshape(U, Bf, Bf, q, q))
     elif solver == "bound":
         n_valid = mask.sum(-1).astype(design.dtype)  # (U,)
         coef = 0.5 * (eye_b - 1.0 / n_valid[:, None, None])  # (U, Bf, Bf)
-        blocks = coef[:, :, :, None, None] * node_gram[:, None, None, :, :]
+        curv = blocks_to_curvature(coef[:, :, :, None, None] * node_gram[:, None, None, :, :])
     else:
         raise ValueError(f"unknown solver {solver!r}")
-    pair = free[:, :, None] & free[:, None, :]
-    blocks = jnp.where(pair[:, :, :, None, None], blocks, 0.0)
-    curv = blocks.transpose(0, 1, 3, 2, 4).reshape(U, Bf * q, Bf * q)
+    pair = np.repeat(np.repeat(free[:, :, None] & free[:, None, :], q, axis=1), q, axis=2)  # (U, Bf q, Bf q)
+    curv = jnp.where(pair, curv, 0.0)
     diag = jnp.where(free[:, :, None], penalty, 1.0).reshape(U, Bf * q)
     curv = curv + jax.vmap(jnp.diag)(diag)
     step = solve_psd(curv, grad.reshape(U, Bf * q)).reshape(U, Bf, q)

@@ -15,6 +15,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRe
 
 import hme
 from hme import em, gates
+from hme._logit import masked_log_softmax, newton_curvature, unit_logits, unit_objective
 from hme.experts import categorical, gaussian, poisson
 from hme.model import edge_mass, make_design
 from helpers import random_params
@@ -108,7 +109,7 @@ def test_laplace_gate_m_step_matches_scipy(rng):
     np.testing.assert_allclose(ours, ref.x, atol=1e-3)
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
 def test_categorical_m_step_is_weighted_logistic_regression(n_classes, rng):
     spec = hme.ModelSpec(hme.TreeSpec.complete(1, 2), n_features=2, expert="categorical", n_targets=n_classes)
     X = rng.normal(size=(250, 2))
@@ -130,6 +131,30 @@ def test_categorical_m_step_is_weighted_logistic_regression(n_classes, rng):
     for l in range(2):
         ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(X, y, sample_weight=W[:, l])
         np.testing.assert_allclose(probs[:, l], ref.predict_proba(X), atol=2e-6)
+
+
+@pytest.mark.parametrize("n_classes", [3, 6])  # the (B-1)² weights route and the Kronecker route
+def test_newton_curvature_is_the_autodiff_hessian(n_classes, rng):
+    n, q, U = 300, 3, 2
+    D = jnp.asarray(np.c_[np.ones(n), rng.normal(size=(n, q - 1))])
+    theta = jnp.asarray(rng.normal(size=(U, n_classes, q))).at[:, 0].set(0.0)
+    mask = np.ones((U, n_classes), bool)
+    mask[1, -1] = False  # a unit with an absent class, as in a gate with fewer children
+    targets = jnp.asarray(rng.uniform(size=(n, U, n_classes)) * mask)
+    totals = targets.sum(-1)
+    free = mask[:, 1:]
+
+    def q_unit(free_theta, u):
+        th = theta.at[u, 1:].set(free_theta.reshape(n_classes - 1, q))
+        return unit_objective(D, th, targets, mask, jnp.zeros(q))[u]
+
+    log_prob = masked_log_softmax(unit_logits(D, theta), mask)
+    curv = np.asarray(newton_curvature(D, log_prob, totals, mask))
+    for u in range(U):
+        ref = -np.asarray(jax.hessian(q_unit)(theta[u, 1:].ravel(), u))
+        keep = np.repeat(free[u], q)  # absent classes have no curvature
+        np.testing.assert_allclose(curv[u][np.ix_(keep, keep)], ref[np.ix_(keep, keep)], rtol=1e-10, atol=1e-9)
+        assert np.all(curv[u][~keep] == 0.0)
 
 
 def test_poisson_m_step_is_weighted_poisson_regression(rng):
