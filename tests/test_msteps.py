@@ -14,8 +14,9 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRegressor
 
 import hme
+import hme._logit
 from hme import em, gates
-from hme._logit import masked_log_softmax, newton_curvature, unit_logits, unit_objective
+from hme._logit import masked_log_softmax, newton_cg, newton_curvature, unit_logits, unit_objective
 from hme.experts import categorical, gaussian, poisson
 from hme.model import edge_mass, make_design
 from helpers import random_params
@@ -109,8 +110,10 @@ def test_laplace_gate_m_step_matches_scipy(rng):
     np.testing.assert_allclose(ours, ref.x, atol=1e-3)
 
 
-@pytest.mark.parametrize("n_classes", [2, 3, 5])
-def test_categorical_m_step_is_weighted_logistic_regression(n_classes, rng):
+@pytest.mark.parametrize("n_classes,newton_cg_min_work", [(2, None), (3, None), (5, None), (5, 0)])
+def test_categorical_m_step_is_weighted_logistic_regression(n_classes, newton_cg_min_work, rng, monkeypatch):
+    if newton_cg_min_work is not None:  # the conjugate-gradient Newton solve of large systems
+        monkeypatch.setattr(hme._logit, "NEWTON_CG_MIN_WORK", newton_cg_min_work)
     spec = hme.ModelSpec(hme.TreeSpec.complete(1, 2), n_features=2, expert="categorical", n_targets=n_classes)
     X = rng.normal(size=(250, 2))
     y = rng.integers(0, n_classes, 250)
@@ -155,6 +158,25 @@ def test_newton_curvature_is_the_autodiff_hessian(n_classes, rng):
         keep = np.repeat(free[u], q)  # absent classes have no curvature
         np.testing.assert_allclose(curv[u][np.ix_(keep, keep)], ref[np.ix_(keep, keep)], rtol=1e-10, atol=1e-9)
         assert np.all(curv[u][~keep] == 0.0)
+
+
+def test_newton_cg_solves_the_newton_system(rng):
+    n, q, U, C = 400, 4, 3, 6
+    D = jnp.asarray(np.c_[np.ones(n), rng.normal(size=(n, q - 1))])
+    theta = jnp.asarray(rng.normal(size=(U, C, q))).at[:, 0].set(0.0)
+    mask = np.ones((U, C), bool)
+    totals = jnp.asarray(rng.uniform(size=(n, U)))
+    log_prob = masked_log_softmax(unit_logits(D, theta), mask)
+    prob = jnp.exp(log_prob[:, :, 1:])
+    grad = jnp.asarray(rng.normal(size=(U, C - 1, q)))
+    pen = jnp.asarray(rng.uniform(0.01, 0.1, size=(U, C - 1, q)))
+    curv = np.asarray(newton_curvature(D, log_prob, totals, mask)) + np.stack([np.diag(p) for p in np.asarray(pen).reshape(U, -1)])
+    exact = np.linalg.solve(curv, np.asarray(grad).reshape(U, -1, 1))[..., 0]
+    ours = np.asarray(newton_cg(D, prob, totals, grad, pen, max_iter=200, rtol=1e-12)).reshape(U, -1)
+    np.testing.assert_allclose(ours, exact, rtol=1e-7, atol=1e-9 * np.abs(exact).max())
+    # truncated after a few iterations it is still an ascent direction: gᵀ H⁻¹-ish step > 0
+    short = np.asarray(newton_cg(D, prob, totals, grad, pen, max_iter=3)).reshape(U, -1)
+    assert np.all(np.sum(short * np.asarray(grad).reshape(U, -1), 1) > 0)
 
 
 def test_poisson_m_step_is_weighted_poisson_regression(rng):
