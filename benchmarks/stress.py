@@ -3,13 +3,15 @@
 Fits are drawn at random over the estimators (regressor, classifier with 2-20 classes, Poisson regressor,
 selector, gradient solver, Bayesian NUTS/SVI), gates, depths, branchings, dtypes, ``n_init``, feature counts up to
 100 and sample sizes from 2 to 1e5. A worker process runs fits one at a time; the parent waits for each result
-with a timeout and replaces the worker when it hangs (timeout) or dies (signal). Outcomes:
+and replaces the worker when it hangs or dies (signal). A hang is a worker that uses no CPU for ``--stall``
+seconds (a deadlock like issue #10's, which sat at 0% CPU) or has not answered after ``--timeout`` seconds.
+Outcomes:
 
 * ``ok`` -- the fit returned and every prediction is finite;
 * ``clear error`` -- ``ValueError``/``TypeError`` raised by hme's own validation (e.g. fewer samples than leaves);
 * ``unexpected`` -- any other exception, or one raised from inside a dependency;
 * ``non-finite`` -- the fit returned but a prediction, probability or log-likelihood is NaN/inf;
-* ``hang`` / ``crash`` -- no answer within the watchdog's limit / the worker died.
+* ``hang`` / ``crash`` -- stalled or over the time limit / the worker died.
 
 Acceptance: unexpected, non-finite, hang and crash are all 0::
 
@@ -166,6 +168,8 @@ def _worker(conn):
         cfg = conn.recv()
         if cfg is None:
             return
+        if "self_check" in cfg:  # the watchdog's own test: a deadlock (sleep at 0% CPU) or a crash (abort)
+            time.sleep(cfg["self_check"]) if cfg["self_check"] != "abort" else os.abort()
         t = time.perf_counter()
         try:
             outcome, detail = run_one(cfg)
@@ -181,16 +185,43 @@ class Worker:
         self.proc = ctx.Process(target=_worker, args=(child,), daemon=True)
         self.proc.start()
 
-    def run(self, cfg, timeout):
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system, all threads) the worker has used, from /proc; None where unavailable."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def run(self, cfg, timeout, stall):
+        """(outcome, detail, seconds). A hang is a worker that uses no CPU for ``stall`` seconds (a deadlock, as
+        in issue #10) or has not answered after ``timeout`` seconds (a fit too slow, or a busy loop)."""
         self.conn.send(cfg)
-        if self.conn.poll(timeout):
+        t0 = time.perf_counter()
+        last_cpu, last_change = self.cpu_seconds(), t0
+        while self.proc.is_alive():
+            if self.conn.poll(1.0):
+                try:
+                    return self.conn.recv()
+                except EOFError:
+                    break
+            now = time.perf_counter()
+            cpu = self.cpu_seconds()
+            if cpu is not None and last_cpu is not None and cpu > last_cpu + 0.05:
+                last_cpu, last_change = cpu, now
+            if now - last_change > stall:
+                self.kill()
+                return "hang", f"no CPU progress for {stall:.0f} s (a deadlock), after {now - t0:.0f} s", now - t0
+            if now - t0 > timeout:
+                self.kill()
+                return "hang", f"no result within {timeout:.0f} s (still computing)", now - t0
+        if self.conn.poll(0):
             try:
                 return self.conn.recv()
             except EOFError:
                 pass
-        if self.proc.is_alive():
-            self.kill()
-            return "hang", f"no result within {timeout:.0f} s", timeout
+        self.proc.join(10)
         return "crash", f"worker died with exit code {self.proc.exitcode}", float("nan")
 
     def kill(self):
@@ -211,7 +242,8 @@ def describe(cfg):
     return " ".join(f"{k}={cfg[k]}" for k in keys) + extra
 
 
-def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log=print, on_result=None):
+def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log=print, on_result=None,
+           stall: float = 120.0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -227,7 +259,7 @@ def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log
                 i = pending.pop()
             except IndexError:
                 return
-            outcome, detail, secs = pool[slot].run(configs[i], timeout)
+            outcome, detail, secs = pool[slot].run(configs[i], timeout, stall)
             if outcome in ("hang", "crash"):
                 pool[slot] = Worker()
             results[i] = (outcome, detail, secs)
@@ -266,7 +298,7 @@ def write_markdown(path, argv, configs, results, t0, args):
     cs, rs = [c for c, _ in done], [r for _, r in done]
     secs = [r[2] for r in rs if r[0] in ("ok", "clear error")]
     summary = (f"{len(done)} of {args.fits} fits done, seed {args.seed}, n up to {args.max_n}, watchdog "
-               f"{args.timeout:.0f} s, {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall; median fit "
+               f"{args.timeout:.0f} s (no CPU for {args.stall:.0f} s), {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall; median fit "
                f"{np.median(secs) if secs else float('nan'):.1f} s")
     bad = [(c, r) for c, r in done if r[0] in ("unexpected", "non-finite", "hang", "crash")]
     errors = collections.Counter(r[1] for r in rs if r[0] == "clear error")
@@ -288,14 +320,16 @@ def main(argv=None) -> int:
     ap.add_argument("--fits", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-n", type=int, default=100_000)
-    ap.add_argument("--timeout", type=float, default=600.0, help="watchdog per fit, seconds")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="hard limit per fit, seconds")
+    ap.add_argument("--stall", type=float, default=120.0, help="a worker using no CPU this long has hung, seconds")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the table and the failures as Markdown here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     argv_list = list(argv) if argv is not None else sys.argv[1:]
     hook = (lambda c, r: write_markdown(args.out, argv_list, c, r, t0, args)) if args.out else None
-    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers, on_result=hook)
+    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers, on_result=hook,
+                              stall=args.stall)
     summary, bad, errors = write_markdown(args.out, argv_list, configs, results, t0, args)
     print("\n" + summary + "\n\n" + table(configs, results))
     if errors:

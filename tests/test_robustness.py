@@ -40,6 +40,21 @@ def test_stress_harness_small_run_has_no_failures():
     assert out.returncode == 0
 
 
+def test_stress_watchdog_detects_a_deadlock_and_a_crash(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # also for the spawned worker's import
+    import stress
+
+    worker = stress.Worker()
+    try:
+        outcome, detail, secs = worker.run({"self_check": 120}, timeout=100, stall=5)  # asleep: 0% CPU
+        assert outcome == "hang" and "no CPU progress" in detail and secs < 60
+        worker = stress.Worker()
+        outcome, detail, _ = worker.run({"self_check": "abort"}, timeout=100, stall=30)
+        assert outcome == "crash" and "exit code -6" in detail
+    finally:
+        worker.kill()
+
+
 def _check_fit_or_clear_error(est, X, y, w=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
