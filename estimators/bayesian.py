@@ -44,10 +44,12 @@ class _BayesBase(BaseEstimator):
         "priors": [None, dict],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": [None, Interval(numbers.Integral, 0, None, closed="left")],
+        "verbose": ["verbose"],
     }
 
     def __init__(self, depth=1, branching=2, gate="softmax", method="nuts", num_warmup=500, num_samples=500,
-                 num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None, n_init=5, random_state=None):
+                 num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None, n_init=5, random_state=None,
+                 verbose=0):
         self.depth = depth
         self.branching = branching
         self.gate = gate
@@ -60,6 +62,7 @@ class _BayesBase(BaseEstimator):
         self.priors = priors
         self.n_init = n_init
         self.random_state = random_state
+        self.verbose = verbose
 
     def _fit_posterior(self, X, y_core, point):
         spec = point._spec
@@ -77,12 +80,14 @@ class _BayesBase(BaseEstimator):
             Xj, yj = jnp.asarray(Xc), jnp.asarray(y_core)
             if self.method == "nuts":
                 samples, div = bayes.run_nuts(spec, Xj, yj, self._scale, self._priors, start, self.num_warmup,
-                                              self.num_samples, self.num_chains, seed)
+                                              self.num_samples, self.num_chains, seed,
+                                              verbose=self.verbose)
                 self.divergences_ = int(div.sum())
                 self.elbo_ = None
             else:
                 samples, losses = bayes.run_svi(spec, Xj, yj, self._scale, self._priors, start, self.svi_steps,
-                                                self.learning_rate, self.num_samples, seed)
+                                                self.learning_rate, self.num_samples, seed,
+                                                verbose=self.verbose)
                 self.divergences_ = 0
                 self.elbo_ = -losses
         self.samples_ = samples  # raw site draws, (chains, draws, ...), on the centred inputs
@@ -176,6 +181,9 @@ class BayesianHMERegressor(RegressorMixin, _BayesBase):
     priors : dict of :class:`hme.bayes.Priors` fields (gate_scale, key_scale, coef_scale, noise_scale)
     n_init : EM restarts of the point estimate that starts the sampler
     random_state : int seed of the EM start and the sampler
+    verbose : > 0 shows progress of the EM start and of the sampler/optimiser from the start (otherwise progress
+        appears once a run has taken a few seconds). Ctrl-C stops a run within one chunk of steps
+        (:data:`hme.bayes.NUTS_CHUNK`, :data:`hme.bayes.SVI_CHUNK`) and raises ``KeyboardInterrupt``.
 
     Attributes
     ----------
@@ -188,7 +196,7 @@ class BayesianHMERegressor(RegressorMixin, _BayesBase):
     def fit(self, X, y):
         self._validate_params()
         point = HMERegressor(depth=self.depth, branching=self.branching, gate=self.gate, n_init=self.n_init,
-                             random_state=self.random_state, max_iter=500)
+                             random_state=self.random_state, max_iter=500, verbose=self.verbose)
         point.fit(X, y)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         if np.ndim(y) != 1:
@@ -221,7 +229,8 @@ class BayesianHMEClassifier(ClassifierMixin, _BayesBase):
     def fit(self, X, y):
         self._validate_params()
         point = HMEClassifier(depth=self.depth, branching=self.branching, gate=self.gate, n_init=self.n_init,
-                              random_state=self.random_state, max_iter=500, alpha=1e-2)
+                              random_state=self.random_state, max_iter=500, alpha=1e-2,
+                              verbose=self.verbose)
         point.fit(X, y)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         self.classes_, codes = np.unique(y, return_inverse=True)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_space
+from .monitor import FitMonitor
 from . import gates as _gates
 from .experts._linear import linear_predictor
 from .model import log_path_from_gates, make_design
@@ -171,30 +172,77 @@ def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
     return out
 
 
-def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9):
-    """NUTS from ``init_params`` (all chains; numpyro adds its own jitter). Returns (samples by chain, divergences)."""
+#: Sampler steps (NUTS) and optimiser steps (SVI) per compiled chunk. Between chunks Python regains control: it
+#: shows progress and a Ctrl-C stops the run there, with nothing left computing.
+NUTS_CHUNK = 25
+SVI_CHUNK = 100
+
+
+def _run_in_chunks(chunk_fn, state, total: int, chunk: int, monitor: FitMonitor, objective):
+    """Call the compiled ``chunk_fn(state, first_step) -> (state, outputs)`` (``chunk`` steps each) until ``total``
+    steps are done; return the last state and the outputs of every step, concatenated on the leading axis.
+
+    ``objective(outputs) -> (per-chain values,)`` feeds the progress display."""
+    pieces = []
+    try:
+        for first in range(0, total, chunk):
+            state, out = chunk_fn(state, jnp.asarray(first))
+            out = jax.device_get(out)  # waits for the chunk: a Ctrl-C raises here, between chunks
+            pieces.append(out)
+            value = np.atleast_1d(objective(out))
+            monitor(np.full(value.shape, min(first + chunk, total)), value)
+    finally:
+        monitor.close()
+    return state, jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:total], *pieces)
+
+
+def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9,
+             verbose: int = 0):
+    """NUTS from ``init_params`` (chains vectorised; numpyro's own warm-up adaptation), run in compiled chunks of
+    :data:`NUTS_CHUNK` steps (progress, Ctrl-C). Returns (samples by chain, divergences by chain)."""
     code_space.ensure_code_space()
-    from functools import partial
+    from numpyro.infer import NUTS, init_to_value
 
-    from numpyro.infer import MCMC, NUTS, init_to_value
+    kernel = NUTS(partial(hme_model, spec), target_accept_prob=target_accept,
+                  init_strategy=init_to_value(values=sites_from_params(spec, init_params)))
+    args = (X, y, scale, priors)
+    key = jax.random.PRNGKey(seed)
+    state = kernel.init(jax.random.split(key, num_chains) if num_chains > 1 else key, num_warmup, model_args=args,
+                        model_kwargs={})
+    postprocess = kernel.postprocess_fn(args, {})
 
-    model = partial(hme_model, spec)
-    kernel = NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_value(values=sites_from_params(spec, init_params)))
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method="vectorized" if num_chains > 1 else "sequential", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(seed), X, y, scale, priors)
-    samples = mcmc.get_samples(group_by_chain=True)
-    div = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
+    @jax.jit
+    def chunk_fn(state, first):
+        def step(s, _):
+            s = kernel.sample(s, args, {})
+            return s, (s.z, s.diverging, s.potential_energy)
+
+        return jax.lax.scan(step, state, None, length=NUTS_CHUNK)
+
+    total = num_warmup + num_samples
+    monitor = FitMonitor(total, verbose, label=f"NUTS ({num_chains} chain{'s' if num_chains > 1 else ''})",
+                         what="chains")
+    _, (z, diverging, energy) = _run_in_chunks(chunk_fn, state, total, NUTS_CHUNK, monitor,
+                                               lambda out: -np.asarray(out[2])[-1])
+    keep = slice(num_warmup, total)
+    z = jax.tree_util.tree_map(lambda a: jnp.asarray(a[keep]), z)
+    constrain = jax.vmap(postprocess)  # over draws
+    if num_chains > 1:
+        samples = jax.vmap(constrain, in_axes=1, out_axes=0)(z)  # (draws, chains, ...) -> (chains, draws, ...)
+        div = np.asarray(diverging[keep]).T
+    else:
+        samples = jax.tree_util.tree_map(lambda a: a[None], constrain(z))
+        div = np.asarray(diverging[keep])[None]
     return {k: np.asarray(v) for k, v in samples.items()}, div
 
 
-def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_samples, seed, rank=None):
-    """SVI with a low-rank multivariate normal guide initialised at ``init_params``.
+def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_samples, seed, rank=None,
+            verbose: int = 0):
+    """SVI with a low-rank multivariate normal guide initialised at ``init_params``, run in compiled chunks of
+    :data:`SVI_CHUNK` steps (progress, Ctrl-C).
 
     Returns (draws with one leading chain axis, the loss = -ELBO per step)."""
     code_space.ensure_code_space()
-    from functools import partial
-
     import numpyro
     from numpyro.infer import SVI, Trace_ELBO, init_to_value
     from numpyro.infer.autoguide import AutoLowRankMultivariateNormal
@@ -204,6 +252,18 @@ def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_sa
                                           init_scale=0.01)
     svi = SVI(model, guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
     key, sub = jax.random.split(jax.random.PRNGKey(seed))
-    res = svi.run(key, steps, X, y, scale, priors, progress_bar=False)
-    draws = guide.sample_posterior(sub, res.params, sample_shape=(num_samples,))
-    return {k: np.asarray(v)[None] for k, v in draws.items()}, np.asarray(res.losses)
+    state = svi.init(key, X, y, scale, priors)
+
+    @jax.jit
+    def chunk_fn(state, first):
+        def step(s, i):
+            new, loss = svi.update(s, X, y, scale, priors)
+            keep = i < steps  # the last chunk runs past ``steps``: those updates are dropped
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, s), loss
+
+        return jax.lax.scan(step, state, first + jnp.arange(SVI_CHUNK))
+
+    monitor = FitMonitor(steps, verbose, label="SVI", what="runs")
+    state, losses = _run_in_chunks(chunk_fn, state, steps, SVI_CHUNK, monitor, lambda out: -np.asarray(out)[-1])
+    draws = guide.sample_posterior(sub, svi.get_params(state), sample_shape=(num_samples,))
+    return {k: np.asarray(v)[None] for k, v in draws.items()}, np.asarray(losses)

@@ -55,9 +55,11 @@ class FitMonitor:
     max_iter : iterations allowed per restart (the bar's total)
     verbose : show progress from the start (otherwise only once the fit is slow)
     label : what the bar says ("EM", "L-BFGS", ...)
+    what : what the reported objectives are one per ("restarts", "chains", ...)
     """
 
-    def __init__(self, max_iter: int, verbose: int = 0, label: str = "EM", stream=None):
+    def __init__(self, max_iter: int, verbose: int = 0, label: str = "EM", stream=None, what: str = "restarts"):
+        self.what = what
         self.max_iter = int(max_iter)
         self.verbose = int(verbose)
         self.label = label
@@ -92,7 +94,7 @@ class FitMonitor:
             self._bar = tqdm(total=self.max_iter, desc=self.label, unit="it", file=self.stream, leave=False,
                              dynamic_ncols=True)
         self._bar.n = self._bar.last_print_n = min(self.iteration, self.max_iter)
-        self._bar.set_postfix_str(f"restarts {n_restarts}, best objective {self.best:.6g}", refresh=False)
+        self._bar.set_postfix_str(f"{self.what} {n_restarts}, best objective {self.best:.6g}", refresh=False)
         self._bar.refresh()
 
     def close(self):

@@ -166,6 +166,45 @@ print("NEXT_FIT", bool(np.isfinite(float(r.objective))))
 """
 
 
+_INTERRUPT_BAYES = r"""
+import os, signal, sys, threading, time
+import numpy as np, jax
+jax.config.update("jax_enable_x64", True)
+import hme, hme.bayes as B, hme.monitor as M
+rng = np.random.default_rng(0)
+X = rng.normal(size=(100, 1)); y = np.abs(X[:, 0]) + 0.1 * rng.normal(size=100)
+seen = []
+class Probe(M.FitMonitor):
+    def __call__(self, k, obj):
+        seen.append(self)
+        if self.reports == 3:  # Ctrl-C while the next compiled chunk runs
+            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return super().__call__(k, obj)
+B.FitMonitor = Probe
+kw = dict(num_warmup=10**6, num_samples=10**6, num_chains=1) if sys.argv[1] == "nuts" else dict(svi_steps=10**8)
+est = hme.BayesianHMERegressor(method=sys.argv[1], n_init=1, random_state=0, verbose=1, **kw)
+try:
+    est.fit(X, y)
+    print("RETURNED")
+except KeyboardInterrupt:
+    print(f"INTERRUPTED reports={seen[-1].reports}")
+time.sleep(1.0)
+c0 = time.process_time(); time.sleep(2.0)
+print(f"IDLE_CPU {time.process_time() - c0:.3f}")
+"""
+
+
+@pytest.mark.parametrize("method, label", [("nuts", "NUTS (1 chain)"), ("svi", "SVI")])
+def test_ctrl_c_stops_a_bayesian_fit_cleanly(method, label):
+    """SIGINT while NUTS or SVI runs: KeyboardInterrupt after the running chunk of steps, nothing left computing."""
+    out = subprocess.run([sys.executable, "-c", _INTERRUPT_BAYES, method], capture_output=True, text=True, timeout=600)
+    assert "INTERRUPTED" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert int(out.stdout.split("reports=")[1].split()[0]) <= 5  # within a chunk or two, not after 1e6 steps
+    idle = float(out.stdout.split("IDLE_CPU ")[1].split()[0])
+    assert idle < 0.2, f"something kept computing after the interrupt ({idle} s CPU in 2 s)"
+    assert label in out.stderr  # the progress bar
+
+
 @pytest.mark.parametrize("solver, label", [("em", "EM (2 restarts)"), ("gradient", "adam (2 restarts)")])
 def test_ctrl_c_stops_a_running_fit_cleanly(solver, label):
     """SIGINT during a compiled EM or gradient loop: KeyboardInterrupt within an iteration, nothing left
