@@ -239,7 +239,7 @@ class BayesianHMEClassifier(ClassifierMixin, _BayesBase):
 
     def predict_proba(self, X):
         """Posterior-predictive class probabilities: the average over draws."""
-        return self._draw_means(self._check_X(X)).mean(axis=0)
+        return np.clip(self._draw_means(self._check_X(X)).mean(axis=0), 0.0, 1.0)
 
     def predict(self, X):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -114,6 +114,19 @@ def test_dtype_is_preserved(dtype, rng):
     assert est.predict(X.astype(dtype)).dtype == dtype
 
 
+def test_saturated_float32_probabilities_stay_in_the_unit_interval():
+    """Well-separated classes in float32: the mixed probabilities round to 1 + 1 ulp unless clipped."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        X = (rng.normal(size=(60, 3)) * 100).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = HMEClassifier(depth=1, gate="laplace", random_state=0, max_iter=50).fit(X, y).predict_proba(X)
+        assert p.dtype == np.float32 and np.all(p >= 0) and np.all(p <= 1)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
 def test_sklearn_tools_work(rng):
     spec, truth, X, y = _toy_hme(300, rng)
     est = HMERegressor(depth=1, random_state=0)
