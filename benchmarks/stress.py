@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -243,14 +245,18 @@ def describe(cfg):
 
 
 def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log=print, on_result=None,
-           stall: float = 120.0):
+           stall: float = 120.0, done=None):
+    """Run the fits; ``done`` maps fit indices to results recorded by an earlier run (not run again)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     configs = [draw_config(rng, max_n) for _ in range(n_fits)]
     results = [None] * n_fits
+    for i, r in (done or {}).items():
+        if i < n_fits:
+            results[i] = r
     pool = [Worker() for _ in range(workers)]
-    pending = list(range(n_fits))[::-1]
+    pending = [i for i in range(n_fits) if results[i] is None][::-1]
     import concurrent.futures as cf
 
     def drive(slot):
@@ -264,7 +270,7 @@ def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log
                 pool[slot] = Worker()
             results[i] = (outcome, detail, secs)
             if on_result is not None:
-                on_result(configs, results)
+                on_result(configs, results, i)
             log(f"[{sum(r is not None for r in results):>4}/{n_fits}] {outcome:<11} {secs:7.1f} s  {describe(configs[i])}"
                 + (f"  -- {detail}" if detail else ""))
 
@@ -298,14 +304,16 @@ def write_markdown(path, argv, configs, results, t0, args):
     cs, rs = [c for c, _ in done], [r for _, r in done]
     secs = [r[2] for r in rs if r[0] in ("ok", "clear error")]
     summary = (f"{len(done)} of {args.fits} fits done, seed {args.seed}, n up to {args.max_n}, watchdog "
-               f"{args.timeout:.0f} s (no CPU for {args.stall:.0f} s), {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall; median fit "
+               f"{args.timeout:.0f} s (no CPU for {args.stall:.0f} s), {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall in the last run; median fit "
                f"{np.median(secs) if secs else float('nan'):.1f} s")
     bad = [(c, r) for c, r in done if r[0] in ("unexpected", "non-finite", "hang", "crash")]
     errors = collections.Counter(r[1] for r in rs if r[0] == "clear error")
     if path is None:
         return summary, bad, errors
     with open(path, "w") as f:
-        f.write("# Stress test\n\nWritten by `python benchmarks/stress.py " + " ".join(argv) + "`.\n\n")
+        f.write("# Stress test\n\nWritten by `python benchmarks/stress.py " + " ".join(argv) + "`. Every fit's result, with "
+                "the commit it ran on, is in `" + os.path.basename(os.path.splitext(path)[0]) + ".jsonl`; `--resume` keeps "
+                "its ok / clear-error results and runs the rest.\n\n")
         f.write(summary + ".\n\n" + table(cs, rs) + "\n")
         if errors:
             f.write("\nClear errors raised (invalid configurations for the data):\n\n")
@@ -313,6 +321,27 @@ def write_markdown(path, argv, configs, results, t0, args):
         if bad:
             f.write("\nFailures:\n\n" + "\n".join(f"- {r[0]}: {describe(c)} seed={c['seed']}: {r[1]}" for c, r in bad) + "\n")
     return summary, bad, errors
+
+
+def load_record(path: str, args) -> dict:
+    """Results of an earlier run of the same draws, {index: (outcome, detail, seconds)}; only ok / clear error."""
+    done = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            for line in fh:
+                r = json.loads(line)
+                if r["seed"] == args.seed and r["max_n"] == args.max_n and r["outcome"] in ("ok", "clear error"):
+                    done[r["index"]] = (r["outcome"], r["detail"], r["seconds"])
+    return done
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -323,13 +352,28 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="hard limit per fit, seconds")
     ap.add_argument("--stall", type=float, default=120.0, help="a worker using no CPU this long has hung, seconds")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=None, help="write the table and the failures as Markdown here")
+    ap.add_argument("--out", default=None, help="write the table and the failures as Markdown here, and every "
+                    "result as a JSON line to the same path with .jsonl")
+    ap.add_argument("--resume", action="store_true", help="keep the ok / clear-error results already in the .jsonl "
+                    "record of --out (same seed and --max-n) and run the rest; earlier failures run again")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     argv_list = list(argv) if argv is not None else sys.argv[1:]
-    hook = (lambda c, r: write_markdown(args.out, argv_list, c, r, t0, args)) if args.out else None
-    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers, on_result=hook,
-                              stall=args.stall)
+    record = os.path.splitext(args.out)[0] + ".jsonl" if args.out else None
+    done = load_record(record, args) if (args.resume and record) else {}
+    if not args.resume and record and os.path.exists(record):
+        os.remove(record)
+    commit = _commit()
+
+    def hook(configs, results, i):
+        with open(record, "a") as fh:
+            fh.write(json.dumps(dict(index=i, seed=args.seed, max_n=args.max_n, commit=commit,
+                                     outcome=results[i][0], detail=results[i][1], seconds=results[i][2],
+                                     fit=describe(configs[i]))) + "\n")
+        write_markdown(args.out, argv_list, configs, results, t0, args)
+
+    configs, results = stress(args.fits, args.seed, args.max_n, args.timeout, args.workers,
+                              on_result=hook if args.out else None, stall=args.stall, done=done)
     summary, bad, errors = write_markdown(args.out, argv_list, configs, results, t0, args)
     print("\n" + summary + "\n\n" + table(configs, results))
     if errors:
