@@ -427,9 +427,9 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
     if X.ndim != 2 or X.shape[1] != spec.n_features:
         raise ValueError(f"X must have shape (n_samples, {spec.n_features}), got {X.shape}")
     n = X.shape[0]
-    from .model import _prepare_y
+    from .model import prepare_targets
 
-    y = _prepare_y(spec, y, dtype)
+    y = prepare_targets(spec, y, dtype)
     if y.shape[0] != n:
         raise ValueError(f"X has {n} samples but y has {y.shape[0]}")
     k = spec.n_targets

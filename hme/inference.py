@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_space
-from .model import _prepare_y, joint, make_design
+from .model import joint, make_design, prepare_targets
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
 
@@ -186,7 +186,7 @@ def observed_information(spec: ModelSpec, params: HMEParams, X, y, sample_weight
     """(theta, names, I) with I = -Hessian of the weighted log-likelihood at ``params``."""
     code_space.ensure_code_space()
     X = jnp.asarray(X)
-    y = _prepare_y(spec, y, X.dtype)
+    y = prepare_targets(spec, y, X.dtype)
     w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
     theta, unflatten, names = free_parameters(spec, params, feature_names)
     f = _per_sample_ll(spec, unflatten, X, y)

@@ -89,7 +89,8 @@ def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> J
 # -- public functional API on raw inputs -----------------------------------------------------------------
 
 
-def _prepare_y(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
+def prepare_targets(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
+    """Targets as the experts take them: (n, C) one-hot (or soft) labels for categorical experts, else (n, m)."""
     y = jnp.asarray(y)
     if spec.expert == "categorical":
         if y.ndim == 1:
@@ -133,7 +134,7 @@ def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Arr
 def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> jax.Array:
     """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,)."""
     X = jnp.asarray(X)
-    return joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype)).log_lik
+    return joint(spec, params, make_design(spec, X), prepare_targets(spec, y, X.dtype)).log_lik
 
 
 @_bucketed
@@ -146,7 +147,7 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
     gate's soft targets (posterior of child c given that gate g is reached).
     """
     X = jnp.asarray(X)
-    j = joint(spec, params, make_design(spec, X), _prepare_y(spec, y, X.dtype))
+    j = joint(spec, params, make_design(spec, X), prepare_targets(spec, y, X.dtype))
     leaf = j.leaf_post
     edge = edge_mass(spec, leaf)
     mask = jnp.asarray(spec.tree.child_mask)
