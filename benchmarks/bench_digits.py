@@ -61,7 +61,7 @@ def main() -> None:
         f"Digits fit of issue #10, `python benchmarks/bench_digits.py` ({platform.machine()}, "
         f"jax {jax.__version__}, float64, time includes compilation)",
         "",
-        "| model | seconds | test accuracy | train mean log p(y|x) | notes |",
+        "| model | seconds | test accuracy | train mean log p(y \\| x) | notes |",
         "|---|---|---|---|---|",
     ]
     lines += [f"| {m} | {s:.1f} | {a:.3f} | {ll} | {n} |" for m, s, a, ll, n in rows]
