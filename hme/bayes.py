@@ -222,7 +222,7 @@ def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, nu
     total = num_warmup + num_samples
     monitor = FitMonitor(total, verbose, label=f"NUTS ({num_chains} chain{'s' if num_chains > 1 else ''})",
                          what="chains")
-    _, (z, diverging, energy) = _run_in_chunks(chunk_fn, state, total, NUTS_CHUNK, monitor,
+    _, (z, diverging, _) = _run_in_chunks(chunk_fn, state, total, NUTS_CHUNK, monitor,
                                                lambda out: -np.asarray(out[2])[-1])
     keep = slice(num_warmup, total)
     z = jax.tree_util.tree_map(lambda a: jnp.asarray(a[keep]), z)
