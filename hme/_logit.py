@@ -33,15 +33,26 @@ from . import batched_linalg
 from ._linalg import kron_gram, newton_ascent, solve_psd, weighted_gram
 
 
+#: Widest softmax whose reduction :func:`masked_log_softmax` unrolls.
+UNROLL_MAX_CLASSES = 3
+
+
 def masked_log_softmax(logits: jax.Array, mask) -> jax.Array:
     """log-softmax over the last (small, static) axis restricted to ``mask``; masked entries are returned as 0.
 
-    ``mask`` is a static NumPy boolean array broadcastable to ``logits.shape[-2:]`` (or the last axis). The
-    reduction is unrolled over the few children: XLA's CPU reductions over a trailing axis of size 2-4 are
-    an order of magnitude slower than elementwise code. Two-way softmaxes use one softplus.
+    ``mask`` is a static NumPy boolean array broadcastable to ``logits.shape[-2:]`` (or the last axis). Two-way
+    softmaxes use one softplus; up to :data:`UNROLL_MAX_CLASSES` children the reduction is unrolled (XLA's CPU
+    reductions over a trailing axis of size 2-3 are slower than elementwise code); beyond it a vectorised
+    reduction is 3.5x faster (20 classes x 27 leaves x 82791 rows: 0.13 s against 0.46 s) and compiles faster.
+    Both subtract the maximum first: ``(z - m) - log Σ e^{z-m}``.
     """
     mask = np.broadcast_to(np.asarray(mask, bool), logits.shape[-2:] if logits.ndim >= 2 else logits.shape)
     B = logits.shape[-1]
+    if B > UNROLL_MAX_CLASSES:
+        m = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=-1, keepdims=True)
+        shifted = logits - m
+        log_s = jnp.log(jnp.sum(jnp.exp(jnp.where(mask, shifted, -jnp.inf)), -1, keepdims=True))
+        return jnp.where(mask, shifted - log_s, 0.0) if not mask.all() else shifted - log_s
     cols = [logits[..., c] for c in range(B)]
     if B == 2 and mask.all():
         d = cols[1] - cols[0]
@@ -51,9 +62,10 @@ def masked_log_softmax(logits: jax.Array, mask) -> jax.Array:
     neg_inf = jnp.asarray(-jnp.inf, logits.dtype)
     cols_m = [jnp.where(valid[c], cols[c], neg_inf) if not valid[c].all() else cols[c] for c in range(B)]
     m = functools.reduce(jnp.maximum, cols_m)
-    s = functools.reduce(jnp.add, [jnp.exp(c - m) for c in cols_m])
-    lse = m + jnp.log(s)
-    out = [cols[c] - lse if valid[c].all() else jnp.where(valid[c], cols[c] - lse, 0.0) for c in range(B)]
+    # (z_c - m) - log Σ e^{z-m}: forming m + log Σ first would round away |m|·eps (float32 logits of -2000 lose 1e-4)
+    log_s = jnp.log(functools.reduce(jnp.add, [jnp.exp(c - m) for c in cols_m]))
+    out = [(cols[c] - m) - log_s for c in range(B)]
+    out = [o if valid[c].all() else jnp.where(valid[c], o, 0.0) for c, o in enumerate(out)]
     return jnp.stack(out, axis=-1)
 
 
