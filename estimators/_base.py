@@ -58,6 +58,7 @@ class _HMEBase(BaseEstimator):
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_candidates": [Interval(numbers.Integral, 1, None, closed="left")],
         "init_params": [StrOptions({"kmeans", "kmeans_xy", "random"})],
         "gate_solver": [StrOptions({"newton", "bound"})],
         "solver": [StrOptions({"em", "gradient"})],
@@ -130,7 +131,7 @@ class _HMEBase(BaseEstimator):
             init = self._params_jax()
         common = dict(
             sample_weight=sample_weight, init=self.init_params, init_params=init,
-            n_init=1 if init is not None else self.n_init, random_state=seed, max_iter=self.max_iter,
+            n_init=1 if init is not None else self.n_init, n_candidates=self.n_candidates, random_state=seed, max_iter=self.max_iter,
             tol=self.tol, alpha=self.alpha, gate_alpha=self.gate_alpha, var_floor=var_floor,
             verbose=int(bool(self.verbose)),
         )

@@ -37,6 +37,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         max_iter=200,
         tol=1e-6,
         n_init=1,
+        n_candidates=20,
         init_params="random",
         gate_solver="newton",
         solver="em",
@@ -58,6 +59,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
+        self.n_candidates = n_candidates
         self.init_params = init_params
         self.gate_solver = gate_solver
         self.solver = solver

@@ -45,7 +45,11 @@ class HMERegressor(RegressorMixin, _HMEBase):
         Floor on expert variances, relative to the variance of each output.
     max_iter, tol, n_init, init_params, random_state, warm_start, verbose, verbose_interval
         As in :class:`sklearn.mixture.GaussianMixture` (``tol`` is the relative change of the mean penalised
-        log-likelihood; ``init_params`` in {"random", "kmeans", "kmeans_xy"}).
+        log-likelihood; ``init_params`` in {"random", "kmeans", "kmeans_xy"}). ``n_init`` counts full EM runs.
+    n_candidates : int, default=20
+        emEM start (Biernacki, Celeux & Govaert 2003): each of the ``n_init`` runs starts from the best of
+        ``n_candidates`` random starts after 10 EM iterations each (on at most 4096 rows drawn ∝ sample_weight).
+        1 turns the screening off.
     gate_solver : {"newton", "bound"}, default="newton"
         EM's gate step: exact IRLS Hessian or Böhning's bound.
     solver : {"em", "gradient"}, default="em"
@@ -87,6 +91,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         max_iter=200,
         tol=1e-6,
         n_init=1,
+        n_candidates=20,
         init_params="random",
         gate_solver="newton",
         solver="em",
@@ -112,6 +117,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
+        self.n_candidates = n_candidates
         self.init_params = init_params
         self.gate_solver = gate_solver
         self.solver = solver

@@ -31,7 +31,7 @@ from . import monitor as _monitor
 from . import gates as _gates
 from ._linalg import padded_length, weighted_gram
 from ._logit import newton_weights
-from .init import INIT_METHODS, initial_responsibilities, params_from_responsibilities
+from .init import INIT_METHODS, content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
 from .model import Design, edge_mass, joint, make_design
 from .params import HMEParams, cast_params, center_params, check_params
 from .spec import ModelSpec
@@ -44,6 +44,13 @@ DEFAULT_GATE_ALPHA = 1e-4
 DEFAULT_ALPHA = 1e-6
 #: Default variance floor, relative to the (weighted) variance of each output.
 DEFAULT_VAR_FLOOR = 1e-6
+#: emEM (Biernacki, Celeux & Govaert 2003): candidate starts per restart, each run for ``SCREEN_ITER`` EM
+#: iterations; the best one starts the full run.
+DEFAULT_N_CANDIDATES = 20
+SCREEN_ITER = 10
+#: Screening runs on at most this many rows (a weight-proportional draw when there are more): its cost stays
+#: below ``DEFAULT_N_CANDIDATES · SCREEN_ITER · SCREEN_ROWS / n`` full iterations.
+SCREEN_ROWS = 4096
 
 
 class FitOptions(NamedTuple):
@@ -67,6 +74,8 @@ class FitConfig:
     user_init: bool = False
     #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
     monitor: bool = False
+    #: emEM: candidate starts screened by a short EM run for each restart (1: no screening)
+    n_candidates: int = 1
 
 
 class FitData(NamedTuple):
@@ -263,17 +272,62 @@ def center_inputs(spec: ModelSpec, X, y, w):
     return FitData(make_design(spec, X - x_mean), y, w), x_mean
 
 
+def candidate_start(spec: ModelSpec, cfg, key, data: FitData, opts: FitOptions) -> HMEParams:
+    """One random start: clustering responsibilities (``cfg.init``), then gates and experts fitted to them."""
+    resp = initial_responsibilities(spec, cfg.init, key, data.design, data.y, data.weight)
+    return params_from_responsibilities(spec, data.design, data.y, data.weight, resp, opts, cfg.gate_solver,
+                                        cfg.expert_solver)
+
+
+def screening_rows(key, data: FitData, max_rows: int) -> FitData:
+    """At most ``max_rows`` rows drawn with replacement ∝ weight (weight-exact, :func:`hme.init.weighted_draw`),
+    each of weight 1; all of ``data`` when it has no more rows."""
+    n = data.y.shape[0]
+    if n <= max_rows:
+        return data
+    order_key, key = jax.random.split(key)
+    content = jnp.concatenate([data.design.expert, data.design.gate, data.y], axis=1)
+    idx = weighted_draw(key, content_order(order_key, content), data.weight, (max_rows,))
+    take = lambda a: a[idx]
+    return FitData(jax.tree_util.tree_map(take, data.design), data.y[idx], jnp.ones((max_rows,), data.weight.dtype))
+
+
+def screened_start(spec: ModelSpec, cfg, key, data: FitData, opts: FitOptions) -> HMEParams:
+    """emEM: ``cfg.n_candidates`` random starts, each run for ``SCREEN_ITER`` EM iterations on (at most
+    ``SCREEN_ROWS``) rows; the candidate with the highest penalised log-likelihood after its short run is returned.
+
+    The candidates run one after another (``lax.scan``), so memory is that of one short run."""
+    if cfg.n_candidates <= 1:
+        return candidate_start(spec, cfg, key, data, opts)
+    rows_key, key = jax.random.split(key)
+    sub = screening_rows(rows_key, data, SCREEN_ROWS)
+
+    def short_run(k):
+        p = candidate_start(spec, cfg, k, sub, opts)
+        p = jax.lax.fori_loop(0, SCREEN_ITER, lambda _, p: em_step(spec, cfg, p, sub, opts)[1], p)
+        obj = e_step(spec, p, sub, opts).objective
+        return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
+
+    def keep_best(best, k):
+        p, obj = short_run(k)
+        better = obj > best[1]
+        return (_select(better, p, best[0]), jnp.where(better, obj, best[1])), obj
+
+    shape = jax.eval_shape(lambda k: candidate_start(spec, cfg, k, sub, opts), key)
+    empty = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
+    neg_inf = jnp.asarray(-jnp.inf, data.y.dtype)
+    (best, best_obj), _ = jax.lax.scan(keep_best, (empty, neg_inf), jax.random.split(key, cfg.n_candidates))
+    # every candidate failed (non-finite): fall back to an unscreened start, which EM then reports as failed
+    return _select(jnp.isfinite(best_obj), best, candidate_start(spec, cfg, key, data, opts))
+
+
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, init_params) -> HMEParams:
-    """(n_init, ...) starting parameters on the centred inputs: ``init_params`` broadcast, or one per key."""
+    """(n_init, ...) starting parameters on the centred inputs: ``init_params`` broadcast, or one screened
+    start per key (:func:`screened_start`)."""
     if cfg.user_init:
         p0 = center_params(spec, init_params, x_mean, +1.0)
         return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
-
-    def start(key):
-        resp = initial_responsibilities(spec, cfg.init, key, data.design, data.y, data.weight)
-        return params_from_responsibilities(spec, data.design, data.y, data.weight, resp, opts, cfg.gate_solver, cfg.expert_solver)
-
-    return jax.vmap(start)(keys)
+    return jax.vmap(lambda key: screened_start(spec, cfg, key, data, opts))(keys)
 
 
 def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x_mean) -> EMResult:
@@ -342,6 +396,7 @@ def fit_em(
     init: str = "random",
     init_params: Optional[HMEParams] = None,
     n_init: int = 1,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
     max_iter: int = 200,
     tol: float = 1e-6,
@@ -363,9 +418,12 @@ def fit_em(
     y : Gaussian/Poisson: (n_samples,) or (n_samples, n_outputs); categorical: integer labels 0..C-1 of shape
         (n_samples,) or one-hot / soft labels (n_samples, C)
     sample_weight : (n_samples,) non-negative frequency weights, default all ones
-    init : {"kmeans", "kmeans_xy", "random"}; ignored when ``init_params`` is given
+    init : {"kmeans", "kmeans_xy", "random"} (:mod:`hme.init`); ignored when ``init_params`` is given
     init_params : HMEParams to start from (then every restart starts there)
-    n_init : restarts, vectorised with ``vmap`` over PRNG keys; the best penalised log-likelihood wins
+    n_init : full EM runs (restarts), vectorised with ``vmap`` over PRNG keys; the best penalised
+        log-likelihood wins
+    n_candidates : emEM screening: each restart starts from the best of ``n_candidates`` random starts after
+        :data:`SCREEN_ITER` EM iterations each (on at most :data:`SCREEN_ROWS` rows); 1 turns screening off
     random_state : int, a ``jax.random`` key, or an array of ``n_init`` keys (one per restart); fixes every
         random choice
     max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * |objective|
@@ -389,9 +447,16 @@ def fit_em(
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
-    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored)
+    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored,
+                    n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), monitored,
                            max_iter, verbose, "EM", n_init)
+
+
+def check_n_candidates(n_candidates) -> int:
+    if not (isinstance(n_candidates, (int, np.integer)) and not isinstance(n_candidates, bool) and n_candidates >= 1):
+        raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
+    return int(n_candidates)
 
 
 class Prepared(NamedTuple):

@@ -122,8 +122,10 @@ def m_step(
         theta = logit_m_step(
             design, softmax_theta(_take(gates, s)), log_prob[:, s], edge_w[:, s], node_w[:, s], mask[s], penalty, "newton"
         )
+        box = reach_box(design[:, 1:], node_w)
         lap = _laplace_m_step(
-            spec, _take(gates, l), design[:, 1:], log_prob[:, l], edge_w[:, l], node_w[:, l], gate_alpha, mask[l]
+            spec, _take(gates, l), design[:, 1:], log_prob[:, l], edge_w[:, l], node_w[:, l], gate_alpha, mask[l],
+            (box[0][l], box[1][l]),
         )
         bias = gates.bias.at[s].set(theta[..., 0]).at[l].set(lap.bias)
         weight = gates.weight.at[s].set(theta[..., 1:]).at[l].set(lap.weight)
@@ -136,7 +138,7 @@ def m_step(
         return GateParams(theta[..., 0], theta[..., 1:])
     if spec.gate == "gaussian":
         return gaussian_m_step(spec, design, edge_w, gate_alpha)
-    return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask)
+    return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask, reach_box(design, node_w))
 
 
 def gaussian_m_step(spec: ModelSpec, design: jax.Array, edge_w: jax.Array, gate_alpha) -> GateParams:
@@ -166,6 +168,28 @@ def gaussian_penalty(gates: GateParams, gate_alpha) -> jax.Array:
 
 
 # -- Laplace gates ------------------------------------------------------------------------------------
+
+#: A row reaches a gate when its posterior there is at least this fraction of the largest posterior at that gate.
+REACH = 0.5
+
+
+def reach_box(design: jax.Array, node_w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""Lower and upper corners, each (n_gates, p), of the bounding box of the rows that reach each gate.
+
+    With h_tg = node_w_tg / node_w_t0 the posterior of gate g (gate 0 is the root, whose mass is the sample
+    weight), row t reaches g when h_tg >= REACH · max_s h_sg. A gate no row reaches gets the whole space.
+    Outside this box a Laplace key's distance to the rows is nearly affine in the key, so the key trades off
+    against its bias along a flat direction; keys are kept inside it (:func:`_laplace_m_step`)."""
+    root = node_w[:, :1]
+    h = jnp.where(root > 0, node_w / jnp.maximum(root, jnp.finfo(design.dtype).tiny), 0.0)
+    reach = (h >= REACH * jnp.max(h, axis=0, keepdims=True)) & (h > 0)  # (n, G)
+
+    def corners(r):  # one gate at a time: no (n, G, p) array
+        lo = jnp.min(jnp.where(r[:, None], design, jnp.inf), axis=0)
+        hi = jnp.max(jnp.where(r[:, None], design, -jnp.inf), axis=0)
+        return lo, hi
+
+    return jax.lax.map(corners, reach.T)
 
 
 def _laplace_objective(spec, design, gates, edge_w, gate_alpha, mask):
@@ -222,7 +246,10 @@ def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
     return grad, hess
 
 
-def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask):
+def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask, box):
+    """One modified Newton step with halving for every Laplace gate; the step's keys are projected onto ``box``
+    (:func:`reach_box`), so a key cannot leave the rows that reach its gate (the halving path stays in the box,
+    which is convex, from a key inside it)."""
     G, B, p = gates.weight.shape
     P = p + 1
     dtype = design.dtype
@@ -246,6 +273,9 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
     curv = batched_linalg.matrix_abs(neg) + floor[:, None, None] * jnp.eye(B * P, dtype=dtype)
     step = batched_linalg.solve_psd(curv, grad)
     step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
+    lo, hi = box
+    target = jnp.clip(gates.weight + step[..., 1:], lo[:, None], hi[:, None])
+    step = step.at[..., 1:].set(jnp.where(jnp.asarray(mask)[..., None], target - gates.weight, 0.0))
     theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)
     f0 = jnp.einsum("ngb,ngb->g", edge_w, log_prob) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
     obj = lambda th: _laplace_objective(spec, design, GateParams(th[..., 0], th[..., 1:]), edge_w, gate_alpha, mask)

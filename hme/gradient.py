@@ -32,6 +32,7 @@ from . import monitor as _monitor
 from .em import (
     DEFAULT_ALPHA,
     DEFAULT_GATE_ALPHA,
+    DEFAULT_N_CANDIDATES,
     EMResult,
     EMTrace,
     FitData,
@@ -39,6 +40,7 @@ from .em import (
     _select,
     best_of,
     center_inputs,
+    check_n_candidates,
     e_step,
     penalty,
     prepare_fit,
@@ -66,6 +68,8 @@ class GradientConfig:
     expert_solver: str = "newton"
     #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
     monitor: bool = False
+    #: emEM screening of the starts (as in :class:`hme.em.FitConfig`)
+    n_candidates: int = 1
 
 
 # -- unconstrained parameterisation ---------------------------------------------------------------------
@@ -289,6 +293,7 @@ def fit_gradient(
     init: str = "random",
     init_params: Optional[HMEParams] = None,
     n_init: int = 1,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
     max_iter: int = 1000,
     tol: float = 1e-9,
@@ -321,6 +326,7 @@ def fit_gradient(
                     gate_alpha, var_floor)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
-                         learning_rate, p.user_init, monitor=monitored)
+                         learning_rate, p.user_init, monitor=monitored,
+                         n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
                            monitored, max_iter, verbose, optimizer, n_init)

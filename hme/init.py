@@ -5,7 +5,12 @@ Methods (all vectorisable over PRNG keys, so ``n_init`` restarts run under one `
 * ``"kmeans"`` -- k-means++ seeding and Lloyd iterations on the standardised gate inputs (falls back to
   ``"kmeans_xy"`` for intercept-only gates, where inputs carry no information about the leaf);
 * ``"kmeans_xy"`` -- the same on standardised (expert inputs, y): separates crossing regression lines;
-* ``"random"`` -- n_leaves random data points (on (x, y)) as centres, hard nearest-centre assignment.
+* ``"random"`` -- n_leaves distinct random data points (on (x, y)) as centres, hard nearest-centre assignment.
+
+Every random choice of a row is *weight-exact*: rows are ordered by their projection on a random direction
+(identical rows are neighbours in that order) and a row is drawn by inverting the cumulative weight. So a row of
+integer weight k is drawn exactly as often as k repeated copies of it, and a fit with ``sample_weight`` starts
+where the fit of the repeated data starts (:func:`weighted_draw`).
 
 Clusters are placed on leaves so that siblings are close: at every gate the clusters of its subtree are sorted
 along their first principal axis and dealt out to the children in order (a tree-shaped bisection). Experts are
@@ -42,17 +47,37 @@ def _sq_dist(F, C):
     return jnp.maximum(jnp.sum(F**2, 1)[:, None] - 2 * F @ C.T + jnp.sum(C**2, 1)[None], 0.0)
 
 
-def _kmeans_pp(key, F, w, k):
-    n = F.shape[0]
+def content_order(key, F: jax.Array) -> jax.Array:
+    """(n,) row order by projection of the rows of ``F`` on a random direction: identical rows sort together."""
+    direction = jax.random.normal(key, (F.shape[1],), F.dtype)
+    return jnp.argsort(F @ direction, stable=True)
+
+
+def weighted_draw(key, order: jax.Array, p: jax.Array, shape=()) -> jax.Array:
+    """Row indices drawn with probability ∝ ``p`` (n,) (unnormalised, >= 0; not all 0) by inverting the cumulative
+    mass along ``order``: u ~ U(0, Σp), the first row in ``order`` whose cumulative mass exceeds u.
+
+    Drawing from a row of weight k equals drawing from k adjacent copies of it, so the draw depends on the
+    weighted data set, not on how it is written down."""
+    cum = jnp.cumsum(p[order])
+    u = jax.random.uniform(key, shape, cum.dtype) * cum[-1]
+    pos = jnp.minimum(jnp.searchsorted(cum, u, side="right"), order.shape[0] - 1)
+    return order[pos]
+
+
+def _seed_centres(key, F, w, k, power):
+    """k centres drawn from the rows: the first ∝ w, then each ∝ w·D(x)^power with D the distance to the nearest
+    centre so far (power 2: k-means++; power 0: uniformly among rows unlike the centres so far)."""
+    order_key, key = jax.random.split(key)
+    order = content_order(order_key, F)
     keys = jax.random.split(key, k)
-    first = jax.random.choice(keys[0], n, p=w / jnp.sum(w))
-    C = jnp.zeros((k, F.shape[1]), F.dtype).at[0].set(F[first])
+    C = jnp.zeros((k, F.shape[1]), F.dtype).at[0].set(F[weighted_draw(keys[0], order, w)])
 
     def body(i, C):
         d2 = jnp.min(jnp.where(jnp.arange(k)[None] < i, _sq_dist(F, C), jnp.inf), axis=1)
-        p = w * d2
-        p = jnp.where(jnp.sum(p) > 0, p / jnp.sum(p), w / jnp.sum(w))
-        return C.at[i].set(F[jax.random.choice(keys[i], n, p=p)])
+        p = w * (d2 if power == 2 else (d2 > 0).astype(F.dtype))
+        p = jnp.where(jnp.sum(p) > 0, p, w)
+        return C.at[i].set(F[weighted_draw(keys[i], order, p)])
 
     return jax.lax.fori_loop(1, k, body, C)
 
@@ -106,10 +131,9 @@ def initial_responsibilities(spec, method: str, key, design, y, w) -> jax.Array:
     L = spec.tree.n_leaves
     F = _standardize(_features(spec, method, design, y), w)
     if method == "random":
-        idx = jax.random.choice(key, F.shape[0], (L,), replace=False, p=w / jnp.sum(w))
-        C = F[idx]
+        C = _seed_centres(key, F, w, L, power=0)
     else:
-        C = _lloyd(F, w, _kmeans_pp(key, F, w, L))
+        C = _lloyd(F, w, _seed_centres(key, F, w, L, power=2))
     perm = _place_clusters(spec.tree.structure, C)
     leaf_of_cluster = jnp.argsort(perm)
     assign = jnp.argmin(_sq_dist(F, C), axis=1)

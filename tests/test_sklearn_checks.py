@@ -15,18 +15,8 @@ ESTIMATORS = [
     HMEClassifier(depth=1, max_iter=30, random_state=0, alpha=1e-2),
 ]
 
-_WEIGHTS = (
-    "the random initialisation (k-means++ seeding) draws row indices, so weighted and repeated data start EM "
-    "from different points; from the same start EM is weight-exact "
-    "(tests/test_em.py::test_integer_weights_equal_duplicated_rows)"
-)
-EXPECTED_FAILURES = {
-    "HMERegressor": {"check_sample_weight_equivalence_on_dense_data": _WEIGHTS},
-    "HMEClassifier": {"check_sample_weight_equivalence_on_dense_data": _WEIGHTS},
-}
 
-
-@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILURES.get(type(est).__name__, {}))
+@parametrize_with_checks(ESTIMATORS)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         # 30 EM iterations rarely meet tol on the checks' random data; the warning itself is tested elsewhere
