@@ -292,50 +292,85 @@ def screening_rows(key, data: FitData, max_rows: int) -> FitData:
     return FitData(jax.tree_util.tree_map(take, data.design), data.y[idx], jnp.ones((max_rows,), data.weight.dtype))
 
 
-def screened_start(spec: ModelSpec, cfg, key, data: FitData, opts: FitOptions) -> HMEParams:
-    """emEM: ``cfg.n_candidates`` random starts, each run for ``SCREEN_ITER`` EM iterations on (at most
-    ``SCREEN_ROWS``) rows; the candidate with the highest penalised log-likelihood after its short run is returned.
+def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions) -> HMEParams:
+    """emEM, one start per key (R keys): ``cfg.n_candidates`` random starts per restart, each run for
+    ``SCREEN_ITER`` EM iterations on (at most ``SCREEN_ROWS``) rows; each restart keeps the candidate with the
+    highest penalised log-likelihood after its short run. Returns (R, ...) parameters.
 
-    The candidates run one after another (``lax.scan``), so memory is that of one short run."""
+    Candidates run one after another (``lax.scan``; the R restarts of a candidate round together under ``vmap``),
+    so memory is that of one short run per restart. A monitored fit reports after every round, and a stop request
+    (Ctrl-C) skips the remaining rounds."""
     if cfg.n_candidates <= 1:
-        return candidate_start(spec, cfg, key, data, opts)
-    rows_key, key = jax.random.split(key)
-    sub = screening_rows(rows_key, data, SCREEN_ROWS)
+        return jax.vmap(lambda key: candidate_start(spec, cfg, key, data, opts))(keys)
+    split = jax.vmap(lambda key: jax.random.split(key, cfg.n_candidates + 1))(keys)  # (R, C + 1, 2)
+    subs = jax.vmap(lambda key: screening_rows(key, data, SCREEN_ROWS))(split[:, 0])
 
-    def short_run(k):
-        p = candidate_start(spec, cfg, k, sub, opts)
+    def short_run(key, sub):
+        p = candidate_start(spec, cfg, key, sub, opts)
         p = jax.lax.fori_loop(0, SCREEN_ITER, lambda _, p: em_step(spec, cfg, p, sub, opts)[1], p)
         obj = e_step(spec, p, sub, opts).objective
-        return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf)
+        return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf), healthy(spec, p, sub, opts)
 
-    def keep_best(best, k):
-        p, obj = short_run(k)
-        better = obj > best[1]
-        return (_select(better, p, best[0]), jnp.where(better, obj, best[1])), obj
+    def round_(carry, c):
+        best, best_obj, best_ok, stop = carry
 
-    shape = jax.eval_shape(lambda k: candidate_start(spec, cfg, k, sub, opts), key)
+        def run_round(_):
+            p, obj, ok = jax.vmap(short_run)(split[:, c], subs)
+            better = ranks_higher(obj, ok, best_obj, best_ok)
+            return _keep(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok)
+
+        best, best_obj, best_ok = jax.lax.cond(stop, lambda _: (best, best_obj, best_ok), run_round, None)
+        if cfg.monitor:
+            stop = stop | jnp.any(_monitor.report(jnp.zeros(best_obj.shape, jnp.int32), best_obj))
+        return (best, best_obj, best_ok, stop), None
+
+    shape = jax.eval_shape(lambda k, d: jax.vmap(lambda a, b: candidate_start(spec, cfg, a, b, opts))(k, d),
+                           split[:, 1], subs)
     empty = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
-    neg_inf = jnp.asarray(-jnp.inf, data.y.dtype)
-    (best, best_obj), _ = jax.lax.scan(keep_best, (empty, neg_inf), jax.random.split(key, cfg.n_candidates))
-    # every candidate failed (non-finite): fall back to an unscreened start, which EM then reports as failed
-    return _select(jnp.isfinite(best_obj), best, candidate_start(spec, cfg, key, data, opts))
+    neg_inf = jnp.full(keys.shape[:1], -jnp.inf, data.y.dtype)
+    init = (empty, neg_inf, jnp.zeros(neg_inf.shape, bool), jnp.asarray(False))
+    (best, best_obj, _, _), _ = jax.lax.scan(round_, init, 1 + jnp.arange(cfg.n_candidates))
+    # a restart whose candidates all failed (or that a stop request left empty) gets an unscreened start; EM then
+    # reports it as failed, or stops at once
+    plain = jax.vmap(lambda key: candidate_start(spec, cfg, key, data, opts))(split[:, 0])
+    return _keep(jnp.isfinite(best_obj), best, plain)
+
+
+def healthy(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) -> jax.Array:
+    """Whether no leaf is empty (posterior count < 1 sample) and no Gaussian expert's covariance sits on the floor:
+    the estimators' definition of a non-degenerate fit."""
+    count, collapsed = _leaf_health(spec, params, data, opts)
+    return ~(jnp.any(count < 1.0) | jnp.any(collapsed))
+
+
+def ranks_higher(obj, ok, other_obj, other_ok) -> jax.Array:
+    """Fits compare healthy first, then by objective: a degenerate fit's likelihood can grow without bound (an
+    expert interpolating a few points), so it never displaces a healthy one."""
+    return (ok & ~other_ok) | ((ok == other_ok) & (obj > other_obj))
+
+
+def _keep(flag, a, b):
+    """Per restart: ``a`` where ``flag`` (R,) holds, else ``b`` (pytrees with a leading restart axis)."""
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(flag.reshape(flag.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, init_params) -> HMEParams:
     """(n_init, ...) starting parameters on the centred inputs: ``init_params`` broadcast, or one screened
-    start per key (:func:`screened_start`)."""
+    start per key (:func:`screened_starts`)."""
     if cfg.user_init:
         p0 = center_params(spec, init_params, x_mean, +1.0)
         return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
-    return jax.vmap(lambda key: screened_start(spec, cfg, key, data, opts))(keys)
+    return screened_starts(spec, cfg, keys, data, opts)
 
 
 def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x_mean) -> EMResult:
     """The best restart's parameters (back on the raw inputs) with every restart's record."""
     score = jnp.where(traces.failed | ~jnp.isfinite(traces.objective), -jnp.inf, traces.objective)
-    best = jnp.argmax(score)
-    params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
     leaf_count, collapsed = jax.vmap(lambda p: _leaf_health(spec, p, data, opts))(traces.params)
+    ok = ~(jnp.any(leaf_count < 1.0, axis=1) | jnp.any(collapsed, axis=1))
+    # healthy restarts first (see ranks_higher), then the highest objective
+    best = jnp.argmax(jnp.where(jnp.any(ok & jnp.isfinite(score)) & ~ok, -jnp.inf, score))
+    params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
     params = center_params(spec, params, x_mean, -1.0)
     return EMResult(
         params=params,
@@ -421,7 +456,7 @@ def fit_em(
     init : {"kmeans", "kmeans_xy", "random"} (:mod:`hme.init`); ignored when ``init_params`` is given
     init_params : HMEParams to start from (then every restart starts there)
     n_init : full EM runs (restarts), vectorised with ``vmap`` over PRNG keys; the best penalised
-        log-likelihood wins
+        log-likelihood among the non-degenerate restarts wins (:func:`healthy`; all degenerate: the best)
     n_candidates : emEM screening: each restart starts from the best of ``n_candidates`` random starts after
         :data:`SCREEN_ITER` EM iterations each (on at most :data:`SCREEN_ROWS` rows); 1 turns screening off
     random_state : int, a ``jax.random`` key, or an array of ``n_init`` keys (one per restart); fixes every

@@ -171,15 +171,22 @@ def gaussian_penalty(gates: GateParams, gate_alpha) -> jax.Array:
 
 #: A row reaches a gate when its posterior there is at least this fraction of the largest posterior at that gate.
 REACH = 0.5
+#: With two or more gate inputs, keys may sit this fraction of the reaching rows' range outside it, per coordinate:
+#: a key just outside the data still shapes the gate (far outside, it only shifts the bias). With one input a key
+#: outside the data is exactly a key on its edge with a shifted bias, so there is no margin.
+KEY_MARGIN = 0.5
 
 
 def reach_box(design: jax.Array, node_w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""Lower and upper corners, each (n_gates, p), of the bounding box of the rows that reach each gate.
+    r"""Lower and upper corners, each (n_gates, p), of the box a Laplace gate's keys are kept in: the bounding box
+    of the rows that reach the gate, widened by ``KEY_MARGIN`` times its range on each side when there are two or
+    more gate inputs.
 
     With h_tg = node_w_tg / node_w_t0 the posterior of gate g (gate 0 is the root, whose mass is the sample
     weight), row t reaches g when h_tg >= REACH · max_s h_sg. A gate no row reaches gets the whole space.
-    Outside this box a Laplace key's distance to the rows is nearly affine in the key, so the key trades off
-    against its bias along a flat direction; keys are kept inside it (:func:`_laplace_m_step`)."""
+    Far outside its rows a key's distance to them is nearly affine in the key (exactly, in one dimension), so the
+    key trades off against its bias along a flat direction and can run off; keys are kept in the box
+    (:func:`project_keys`)."""
     root = node_w[:, :1]
     h = jnp.where(root > 0, node_w / jnp.maximum(root, jnp.finfo(design.dtype).tiny), 0.0)
     reach = (h >= REACH * jnp.max(h, axis=0, keepdims=True)) & (h > 0)  # (n, G)
@@ -189,7 +196,10 @@ def reach_box(design: jax.Array, node_w: jax.Array) -> tuple[jax.Array, jax.Arra
         hi = jnp.max(jnp.where(r[:, None], design, -jnp.inf), axis=0)
         return lo, hi
 
-    return jax.lax.map(corners, reach.T)
+    lo, hi = jax.lax.map(corners, reach.T)
+    margin = KEY_MARGIN if design.shape[1] > 1 else 0.0
+    width = jnp.where(jnp.isfinite(hi - lo), hi - lo, 0.0)
+    return lo - margin * width, hi + margin * width
 
 
 def _laplace_objective(spec, design, gates, edge_w, gate_alpha, mask):
@@ -246,6 +256,29 @@ def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
     return grad, hess
 
 
+def project_keys(step, keys, box, curv, grad, mask):
+    r"""Projected Newton step (Bertsekas 1982) for keys confined to ``box``: key coordinates whose step would leave
+    the box are set onto its face, and the other coordinates (biases included) re-solve the Newton system with
+    those held fixed, ``M_FF s_F = g_F - M_FA s_A``, so a bias absorbs what its clipped key could not move.
+
+    step (G, B, P) with P = 1 + p (bias first); keys (G, B, p); curv (G, BP, BP) positive definite; grad (G, BP)."""
+    G, B, P = step.shape
+    lo, hi = box
+    target = jnp.clip(keys + step[..., 1:], lo[:, None], hi[:, None])
+    active = (target != keys + step[..., 1:]) & jnp.asarray(mask)[..., None]  # (G, B, p)
+    active = jnp.concatenate([jnp.zeros((G, B, 1), bool), active], -1).reshape(G, B * P)
+    fixed = jnp.concatenate([jnp.zeros((G, B, 1), step.dtype), target - keys], -1).reshape(G, B * P)
+    fixed = jnp.where(active, fixed, 0.0)
+    rhs = jnp.where(active, fixed, grad - jnp.einsum("gij,gj->gi", curv, fixed))
+    either = active[:, :, None] | active[:, None, :]
+    eye = jnp.eye(B * P, dtype=step.dtype)
+    projected = batched_linalg.solve_psd(jnp.where(either, eye, curv), rhs)
+    projected = jnp.where(jnp.isfinite(projected), projected, 0.0).reshape(G, B, P)
+    # a re-solved free key coordinate may itself cross the box: clip it too (one projection pass, not iterated)
+    moved = jnp.clip(keys + projected[..., 1:], lo[:, None], hi[:, None]) - keys
+    return projected.at[..., 1:].set(jnp.where(jnp.asarray(mask)[..., None], moved, 0.0))
+
+
 def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask, box):
     """One modified Newton step with halving for every Laplace gate; the step's keys are projected onto ``box``
     (:func:`reach_box`), so a key cannot leave the rows that reach its gate (the halving path stays in the box,
@@ -273,9 +306,7 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
     curv = batched_linalg.matrix_abs(neg) + floor[:, None, None] * jnp.eye(B * P, dtype=dtype)
     step = batched_linalg.solve_psd(curv, grad)
     step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
-    lo, hi = box
-    target = jnp.clip(gates.weight + step[..., 1:], lo[:, None], hi[:, None])
-    step = step.at[..., 1:].set(jnp.where(jnp.asarray(mask)[..., None], target - gates.weight, 0.0))
+    step = project_keys(step, gates.weight, box, curv, grad, mask)
     theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)
     f0 = jnp.einsum("ngb,ngb->g", edge_w, log_prob) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
     obj = lambda th: _laplace_objective(spec, design, GateParams(th[..., 0], th[..., 1:]), edge_w, gate_alpha, mask)

@@ -201,6 +201,31 @@ def test_quick_exactly_specified_slopes_are_parametric(experiment):
     assert res["failure_rate"] == 0.0
 
 
+@pytest.mark.parametrize("experiment", ["laplace-flat", pytest.param("softmax-flat", marks=pytest.mark.slow),
+                                        pytest.param("gaussian-flat", marks=pytest.mark.slow)])
+def test_default_start_slopes_are_parametric(experiment):
+    """Fitted as a user would (fit_em's default emEM start, n_init=3), not from near the truth, the exactly
+    specified loss still falls at the parametric rate (issue 11: the Laplace default start stalled at D ≈ 1.2)."""
+    out = run(experiment, quick=True, settings=["exact"], log=lambda *a: None, start="default")
+    (res,) = out["results"]
+    assert res["start"] == "default" and res["restarts"] == 3
+    slope = res["quantities"]["D"]["slope"]
+    assert -0.65 <= slope <= -0.35, slope
+    assert res["failure_rate"] == 0.0
+    assert res["quantities"]["D"]["mean"][-1] < 0.4  # small at the largest n (the stalled fits of issue 11: D ≈ 1.2)
+
+
+@pytest.mark.slow
+def test_rates_command_reports_both_starts_side_by_side(tmp_path):
+    from hme.cli import main
+
+    args = ["rates", "laplace-flat", "--quick", "--settings", "exact", "--no-em-rate", "--start", "both"]
+    assert main(args + ["--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "rates.json").read_text())
+    assert [r["start"] for r in data["results"]] == ["near-truth", "default"]
+    assert "D slope, default start" in (tmp_path / "rates.md").read_text()
+
+
 def test_rates_command_writes_json_table_and_plots(tmp_path):
     from hme.cli import main
 

@@ -21,6 +21,26 @@ def verdict(q: dict) -> str:
     return "faster" if q["slope"] < th else "slower"
 
 
+def _start_table(results: dict) -> list[str]:
+    """D's slope per setting under each start protocol, side by side (only when both were run)."""
+    starts = {r.get("start", "near-truth") for r in results["results"]}
+    if len(starts) < 2:
+        return []
+    rows = {}
+    for r in results["results"]:
+        rows.setdefault((r["truth"], r["setting"]), {})[r.get("start", "near-truth")] = r["quantities"].get("D")
+    lines = ["| truth | setting | theory | D slope, near-truth starts | D slope, default start |", "|---|---|---|---|---|"]
+    for (truth, setting), by in rows.items():
+        cells = []
+        theory = next((q["theory"] for q in by.values() if q and q.get("theory") is not None), None)
+        for start in ("near-truth", "default"):
+            q = by.get(start)
+            cells.append("-" if not q else f"{q['slope']:+.3f} [{q['ci'][0]:+.3f}, {q['ci'][1]:+.3f}] ({verdict(q)})")
+        th = "-" if theory is None else f"{theory:+.3f}"
+        lines.append(f"| {truth} | {setting} | {th} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
 def to_markdown(results: dict) -> str:
     lines = [f"# Convergence rates: `{results['experiment']}`" + (" (quick)" if results["quick"] else ""), ""]
     lines.append(f"n grid: {results['n']}; {results['replicates']} replicates per n; EM capped at "
@@ -28,8 +48,10 @@ def to_markdown(results: dict) -> str:
     lines.append("Slopes: OLS of log(mean loss) on log n, 95% bootstrap interval over replicates. "
                  "Theory: -1/(2e) for a loss exponent e (theory.md §2, §4.4).")
     lines.append("")
+    lines += _start_table(results)
     for r in results["results"]:
-        lines.append(f"## {r['truth']} — {r['setting']}")
+        start = r.get("start", "near-truth")
+        lines.append(f"## {r['truth']} — {r['setting']}" + ("" if start == "near-truth" else f" — {start} start"))
         lines.append("")
         lines.append(f"restarts {r['restarts']}, fit failures {r['failure_rate']:.1%} (per n: {r['failures']}), "
                      f"EM converged {r['converged_rate']:.1%}, median iterations {r['median_iterations']:.0f}")
@@ -69,7 +91,9 @@ def plot(results: dict, path: str, quantities=("D",)) -> None:
             err = 2 * sd / np.sqrt(results["replicates"])
             ax.errorbar(n, m, yerr=np.minimum(err, 0.99 * m), fmt="o", ms=4, capsize=2, label=f"{key}")
             ax.plot(n, q["intercept"] * n ** q["slope"], "-", label=f"{q['intercept']:.2g}·n^{q['slope']:.3f}")
-        ax.set(xscale="log", yscale="log", xlabel="n", title=f"{r['truth']}\n{r['setting']}")
+        start = r.get("start", "near-truth")
+        title = f"{r['truth']}\n{r['setting']}" + ("" if start == "near-truth" else f" ({start} start)")
+        ax.set(xscale="log", yscale="log", xlabel="n", title=title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
         else:
