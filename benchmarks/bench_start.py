@@ -29,6 +29,8 @@ STARTS = {"plain": dict(n_candidates=1), "emEM": dict()}
 
 
 def run_setting(gate, depth, d, n, seeds, log=print) -> list[dict]:
+    import jax
+
     import hme
     from hme.simulate import random_truth, sample, total_log_likelihood
 
@@ -41,7 +43,7 @@ def run_setting(gate, depth, d, n, seeds, log=print) -> list[dict]:
             truth = random_truth(spec, rng)
             X, y = sample(spec, truth, n, rng)
             t = time.perf_counter()
-            res = hme.fit_em(spec, X, y, n_init=3, max_iter=2000, tol=1e-8, random_state=seed, **kw)
+            res = jax.block_until_ready(hme.fit_em(spec, X, y, n_init=3, max_iter=2000, tol=1e-8, random_state=seed, **kw))
             times.append(time.perf_counter() - t)
             gaps.append(total_log_likelihood(spec, res.params, X, y) - total_log_likelihood(spec, truth, X, y))
         gaps = np.array(gaps)

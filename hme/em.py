@@ -303,7 +303,13 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
     if cfg.n_candidates <= 1:
         return jax.vmap(lambda key: candidate_start(spec, cfg, key, data, opts))(keys)
     split = jax.vmap(lambda key: jax.random.split(key, cfg.n_candidates + 1))(keys)  # (R, C + 1, 2)
-    subs = jax.vmap(lambda key: screening_rows(key, data, SCREEN_ROWS))(split[:, 0])
+    if data.y.shape[0] > SCREEN_ROWS:  # one weight-proportional subsample per restart
+        subs = jax.vmap(lambda key: screening_rows(key, data, SCREEN_ROWS))(split[:, 0])
+        screen = lambda ks: jax.vmap(short_run)(ks, subs)
+        like = lambda ks: jax.vmap(lambda a, b: candidate_start(spec, cfg, a, b, opts))(ks, subs)
+    else:  # all rows, shared by the restarts: the same arithmetic as a single restart (n_init=1)
+        screen = lambda ks: jax.vmap(lambda k: short_run(k, data))(ks)
+        like = lambda ks: jax.vmap(lambda k: candidate_start(spec, cfg, k, data, opts))(ks)
 
     def short_run(key, sub):
         p = candidate_start(spec, cfg, key, sub, opts)
@@ -315,7 +321,7 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
         best, best_obj, best_ok, stop = carry
 
         def run_round(_):
-            p, obj, ok = jax.vmap(short_run)(split[:, c], subs)
+            p, obj, ok = screen(split[:, c])
             better = ranks_higher(obj, ok, best_obj, best_ok)
             return _keep(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok)
 
@@ -324,8 +330,7 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
             stop = stop | jnp.any(_monitor.report(jnp.zeros(best_obj.shape, jnp.int32), best_obj))
         return (best, best_obj, best_ok, stop), None
 
-    shape = jax.eval_shape(lambda k, d: jax.vmap(lambda a, b: candidate_start(spec, cfg, a, b, opts))(k, d),
-                           split[:, 1], subs)
+    shape = jax.eval_shape(like, split[:, 1])
     empty = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
     neg_inf = jnp.full(keys.shape[:1], -jnp.inf, data.y.dtype)
     init = (empty, neg_inf, jnp.zeros(neg_inf.shape, bool), jnp.asarray(False))
