@@ -23,6 +23,28 @@ from hme.inference import canonicalize, standard_errors
 from hme.params import ExpertParams, GateParams, HMEParams
 
 
+class ExtrapolationWarning(UserWarning):
+    """Inputs at prediction lie far outside the training data's range (shown once per call site)."""
+
+
+#: ``alpha="auto"``: the experts' ridge, in pseudo-observations on the standardised input scale, towards the
+#: pooled single-expert fit (``shrink_to="pooled"``).
+AUTO_ALPHA = 10.0
+#: Ridge (standardised scale) of the pooled fit itself.
+POOLED_ALPHA = 1.0
+#: ``gate_alpha="auto"``: softmax gates get the ridge of ``LogisticRegression()``'s default (C = 1) on the
+#: standardised gate inputs; Laplace gates (whose keys are locations, not shrunk) this ridge on their biases.
+AUTO_GATE_ALPHA = 1.0
+
+#: A prediction input counts as far outside the training data when it lies beyond the training range by more
+#: than this fraction of the range (in any feature).
+FAR_OUTSIDE = 0.25
+
+
+class NotIdentifiedWarning(UserWarning):
+    """Some parameters are not identified by the data: their standard errors are NaN."""
+
+
 class DegenerateFitWarning(UserWarning):
     """The returned fit has an empty leaf or a Gaussian expert whose variance sits on ``var_floor``."""
 
@@ -47,14 +69,17 @@ def _precision(dtype):
 
 
 class _HMEBase(BaseEstimator):
+    #: the strength ``alpha="auto"`` stands for (pseudo-observations on the standardised scale)
+    _auto_alpha = AUTO_ALPHA
     _parameter_constraints: dict = {
         "depth": [Interval(numbers.Integral, 1, None, closed="left")],
         "branching": [Interval(numbers.Integral, 2, None, closed="left"), tuple, list],
         "gate": [StrOptions({"softmax", "laplace"})],
         "gate_features": [None, list, tuple, np.ndarray],
         "expert_features": [None, list, tuple, np.ndarray],
-        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "gate_alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "shrink_to": [StrOptions({"pooled", "zero"})],
+        "gate_alpha": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -69,6 +94,7 @@ class _HMEBase(BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "verbose_interval": [Interval(numbers.Integral, 1, None, closed="left")],
+        "out_of_bounds": [StrOptions({"clip", "extrapolate"})],
     }
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -123,16 +149,57 @@ class _HMEBase(BaseEstimator):
             )
         return k
 
+    def _expert_ridge(self, X, Y, sample_weight, spec):
+        """(α per expert feature, target slopes or None): the ridge ``alpha`` on the standardised scale,
+        α_j = alpha · Var(x_j), pulling towards the pooled fit (``shrink_to="pooled"``; itself fitted with the
+        ridge POOLED_ALPHA, LogisticRegression's default C = 1, so separable classes stay finite) or towards 0."""
+        from hme.pooled import pooled_slopes
+
+        strength = self._auto_alpha if isinstance(self.alpha, str) else float(self.alpha)
+        Xe = np.asarray(X, np.float64)
+        if spec.expert_features is not None:
+            Xe = Xe[:, list(spec.expert_features)]
+        w = np.asarray(sample_weight, np.float64)
+        w = w / w.sum()
+        var = w @ (Xe - w @ Xe) ** 2 if Xe.shape[1] else np.zeros(0)
+        a = strength * np.where(var > 0, var, 1.0)
+        if self.shrink_to == "zero" or strength == 0:
+            return a, None
+        var = np.where(var > 0, var, 1.0)
+        return a, pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
+
+    def _gate_ridge(self, X, sample_weight, spec):
+        """``gate_alpha`` for the core: a number as given, or "auto": γ·[1, Var(x_1), ...] for softmax gates (a
+        ridge on the standardised scale), γ for Laplace gates (biases only)."""
+        if not isinstance(self.gate_alpha, str):
+            return float(self.gate_alpha)
+        if spec.gate != "softmax":
+            return AUTO_GATE_ALPHA
+        Xg = np.asarray(X, np.float64)
+        if spec.gate_features is not None:
+            Xg = Xg[:, list(spec.gate_features)]
+        w = np.asarray(sample_weight, np.float64)
+        w = w / w.sum()
+        var = w @ (Xg - w @ Xg) ** 2 if Xg.shape[1] else np.zeros(0)
+        return AUTO_GATE_ALPHA * np.concatenate([[1.0], np.where(var > 0, var, 1.0)])
+
     def _fit_core(self, X, Y, sample_weight, spec, var_floor=None):
         rs = check_random_state(self.random_state)
         seed = int(rs.randint(np.iinfo(np.int32).max))
         init = None
         if self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec:
             init = self._params_jax()
+        alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
+        gate_alpha = self._gate_ridge(X, sample_weight, spec)
+        self.expert_coef_target_ = None if target is None else target.astype(X.dtype)
+        # the penalty the fit maximised against, for summary()'s curvature (as hme.em.prepare_fit builds it)
+        a = np.asarray(alpha, np.float64)
+        self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
+                             gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
         common = dict(
-            sample_weight=sample_weight, init=self.init_params, init_params=init,
+            sample_weight=sample_weight, init=self.init_params, init_params=init, coef_target=target,
             n_init=1 if init is not None else self.n_init, n_candidates=self.n_candidates, random_state=seed, max_iter=self.max_iter,
-            tol=self.tol, alpha=self.alpha, gate_alpha=self.gate_alpha, var_floor=var_floor,
+            tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
             verbose=int(bool(self.verbose)),
         )
         with _precision(X.dtype):
@@ -145,12 +212,18 @@ class _HMEBase(BaseEstimator):
                 res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
             res = jax.device_get(res)
         self._spec = spec
+        positive = np.asarray(sample_weight) > 0
+        self.x_min_ = np.min(X[positive], axis=0)
+        self.x_max_ = np.max(X[positive], axis=0)
         # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):
         # the same optimum always gives the same parameter table
         x_ref = np.average(np.asarray(X, np.float64), axis=0, weights=np.asarray(sample_weight, np.float64))
         with _precision(X.dtype):
             canon = canonicalize(spec, res.params, x_ref)
         self.params_ = jax.tree_util.tree_map(np.asarray, canon)
+        with _precision(X.dtype):
+            post = _model.posteriors(spec, canon, X, Y)["leaf"]
+        self.expert_input_min_, self.expert_input_max_ = _model.expert_boxes(spec, post, X, sample_weight)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         hist = np.asarray(res.history)
@@ -200,19 +273,76 @@ class _HMEBase(BaseEstimator):
             )
         return self
 
+    def _expert_box(self):
+        """Each expert's input box for ``out_of_bounds="clip"``; None when extrapolating (or for old models)."""
+        if self.out_of_bounds != "clip" or not hasattr(self, "expert_input_min_"):
+            return None
+        return (self.expert_input_min_, self.expert_input_max_)
+
     def _params_jax(self):
         return jax.tree_util.tree_map(lambda a: None if a is None else jax.numpy.asarray(a), self.params_)
 
     def _check_X(self, X):
         check_is_fitted(self, "params_")
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self._bound_inputs(X)
+
+    def _bound_inputs(self, X):
+        """Apply ``out_of_bounds`` to the gates' inputs: clip every input to the training range [x_min_, x_max_]
+        ("clip"; the experts' own boxes are applied inside the core, see ``_expert_box``), or leave it
+        ("extrapolate"). Either way, rows beyond the range by more than FAR_OUTSIDE of its width warn."""
+        lo, hi = getattr(self, "x_min_", None), getattr(self, "x_max_", None)
+        if lo is None:  # a model saved before the bounds were recorded
+            return X
+        slack = FAR_OUTSIDE * (hi - lo)
+        far = (X < lo - slack) | (X > hi + slack)
+        if far.any():
+            cols = np.flatnonzero(far.any(axis=0))
+            names = getattr(self, "feature_names_in_", None)
+            what = [str(names[j]) if names is not None else str(j) for j in cols[:10]]
+            warnings.warn(
+                f"{int(far.any(axis=1).sum())} of {X.shape[0]} rows lie far outside the training data (beyond its "
+                f"range by more than {FAR_OUTSIDE:g} of the range) in feature(s) {', '.join(what)}"
+                + (" and more" if cols.size > 10 else "")
+                + (": those inputs were clipped to the training range (out_of_bounds='clip')"
+                   if self.out_of_bounds == "clip" else ": the linear experts and gates extrapolate there "
+                   "(out_of_bounds='extrapolate'); predictions can be far off"),
+                ExtrapolationWarning,
+                stacklevel=3,
+            )
+        if self.out_of_bounds == "clip":
+            X = np.clip(X, lo.astype(X.dtype), hi.astype(X.dtype))
+        return X
 
     # -- shared public methods ----------------------------------------------------------------------------
     def predict_leaf_proba(self, X):
         """Gate path probabilities π_l(x) of every leaf, shape (n_samples, n_leaves)."""
         X = self._check_X(X)
         with _precision(X.dtype):
-            return np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X))
+            return np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X))  # gates: X clipped above
+
+    def predict_expert_mean(self, X):
+        """Every expert's own prediction μ_l(x) (class probabilities for classifiers), shape (n_samples, n_leaves)
+        for one output, else (n_samples, n_leaves, n_outputs)."""
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
+        return mu[..., 0] if mu.shape[-1] == 1 else mu
+
+    def describe(self, X) -> str:
+        """The fitted tree as indented text: each gate's strongest inputs and share of ``X``, each leaf's share,
+        mean prediction and noise sd (:func:`hme.describe_tree`)."""
+        from hme.describe import describe_tree
+
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            return describe_tree(self._spec, self._params_jax(), X, feature_names=getattr(self, "feature_names_in_", None))
+
+    @property
+    def spec_(self):
+        """The fitted model's :class:`hme.ModelSpec` (tree, gate and expert families, feature subsets)."""
+        check_is_fitted(self, "params_")
+        return self._spec
 
     def apply(self, X):
         """Index of the most probable leaf for each sample (as ``DecisionTreeRegressor.apply``)."""
@@ -222,86 +352,121 @@ class _HMEBase(BaseEstimator):
         return y
 
     def log_likelihood(self, X, y):
-        """Per-sample conditional log-density log p(y | x), shape (n_samples,)."""
+        """Per-sample conditional log-density log p(y | x), shape (n_samples,): the predictive density, with the
+        experts' inputs clipped as ``out_of_bounds`` says (``bic``, ``aic``, ``icl`` and ``summary`` use the
+        fitted parametric model)."""
         X = self._check_X(X)
         with _precision(X.dtype):
-            return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y)))
+            return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y),
+                                                    expert_box=self._expert_box()))
 
     def posterior_leaf_proba(self, X, y):
         """Posterior leaf probabilities h_l given (x, y), shape (n_samples, n_leaves)."""
         X = self._check_X(X)
         with _precision(X.dtype):
-            return np.asarray(_model.posteriors(self._spec, self._params_jax(), X, self._core_y(y))["leaf"])
+            return np.asarray(_model.posteriors(self._spec, self._params_jax(), X, self._core_y(y),
+                                                expert_box=self._expert_box())["leaf"])
+
+    def _parametric_log_likelihood(self, X, y):
+        """log p(y | x) of the fitted parametric model (no ``out_of_bounds`` clipping of the experts)."""
+        X = self._check_X(X)
+        with _precision(X.dtype):
+            return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y)))
 
     def bic(self, X, y):
-        """Bayesian information criterion -2 log L + k log n (lower is better)."""
-        ll = self.log_likelihood(X, y)
+        """Bayesian information criterion -2 log L + k log n of the fitted parametric model (lower is better)."""
+        ll = self._parametric_log_likelihood(X, y)
         return float(-2 * ll.sum() + self._n_parameters(self._spec) * np.log(len(ll)))
 
     def aic(self, X, y):
-        """Akaike information criterion -2 log L + 2 k."""
-        ll = self.log_likelihood(X, y)
+        """Akaike information criterion -2 log L + 2 k of the fitted parametric model."""
+        ll = self._parametric_log_likelihood(X, y)
         return float(-2 * ll.sum() + 2 * self._n_parameters(self._spec))
 
     def icl(self, X, y):
         """Integrated completed likelihood: BIC + 2 × entropy of the leaf posteriors (Biernacki et al. 2000)."""
-        h = self.posterior_leaf_proba(X, y)
+        X_checked = self._check_X(X)
+        with _precision(X_checked.dtype):
+            h = np.asarray(_model.posteriors(self._spec, self._params_jax(), X_checked, self._core_y(y))["leaf"])
         ent = -np.sum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))
         return self.bic(X, y) + 2 * float(ent)
 
-    def summary(self, X, y, sample_weight=None, se="observed", print_table=True):
-        """Coefficient table with standard errors, z and p values (pass the training data).
+    def summary(self, X, y, sample_weight=None, se="observed", ci_level=0.95):
+        """Coefficient table with standard errors, z, p values and confidence intervals (pass the training data).
 
         se : "observed" (inverse observed information, a JAX Hessian of the log-likelihood) or "sandwich"
-        (the robust ``I⁻¹ J I⁻¹``). Leaves are in the canonical order of ``params_``. Returns a dict with the
-        model-level numbers and ``table``: a list of rows (name, estimate, std_err, z, p_value); variances get
-        no z or p (their null value lies on the boundary).
+        (the robust ``I⁻¹ J I⁻¹``). Leaves are in the canonical order of ``params_``.
+
+        Returns a ``pandas.DataFrame`` indexed by parameter name (a :class:`hme.table.ParameterTable` without
+        pandas) with columns ``estimate, std_err, z, p_value, ci_lower, ci_upper``. Wald intervals
+        ``estimate ± z_{(1+ci_level)/2}·std_err``; variances get an interval on the log scale and no z or p
+        (their null value lies on the boundary). Parameters the data do not identify (a singular information
+        matrix: a saturated gate, a leaf without data) get NaN, with a warning that names them. Model-level
+        numbers (log-likelihood, AIC, BIC, n_samples, n_parameters, iterations, convergence, the covariance
+        matrix of the estimates) are in ``table.attrs``. Nothing is printed: ``print(table)``.
         """
         from scipy.stats import norm
 
+        from hme.table import make_table
+
+        if se not in ("observed", "sandwich"):
+            raise ValueError(f"se must be 'observed' or 'sandwich', got {se!r}")
+        if not 0 < ci_level < 1:
+            raise ValueError(f"ci_level must lie in (0, 1), got {ci_level!r}")
         X_in = X
         X = self._check_X(X)
         yc = self._core_y(y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        pen = getattr(self, "_penalty", None)
+        opts = None if pen is None else hme.FitOptions(0.0, pen["alpha"], pen["gate_alpha"], np.ones(1),
+                                                        pen["coef_target"])
         with _precision(X.dtype):
-            est, sev, names, cov = standard_errors(
-                self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
-                feature_names=getattr(self, "feature_names_in_", None),
+            res = standard_errors(self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
+                                  feature_names=getattr(self, "feature_names_in_", None), penalty_opts=opts)
+        est, sev, names = res.estimate, res.std_err, res.names
+        var_like = np.array([nm.endswith("variance") or ": cov[" in nm for nm in names], bool)
+        zq = norm.ppf(0.5 + ci_level / 2)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            z = np.where(var_like, np.nan, est / sev)
+            p = 2 * norm.sf(np.abs(z))
+            log_half = zq * sev / est  # delta method on log(variance)
+            lo = np.where(var_like, est * np.exp(-log_half), est - zq * sev)
+            hi = np.where(var_like, est * np.exp(log_half), est + zq * sev)
+        if res.not_identified.any():
+            bad = [names[k] for k in np.flatnonzero(res.not_identified)]
+            neg = [names[k] for k in np.flatnonzero(res.negative_curvature)]
+            warnings.warn(
+                f"{len(bad)} of {len(names)} parameters are not identified by these data (the observed information "
+                f"is singular in their directions), so their standard errors are NaN: {', '.join(bad)}"
+                + (f". The log-likelihood curves upward along {', '.join(neg)}: the fit is not at a maximum"
+                   if neg else ". Typical causes: a gate that separates the data perfectly (its slopes can grow "
+                   "without bound), a leaf with almost no data, or a constant or duplicated input"),
+                NotIdentifiedWarning,
             )
-        rows = []
-        for nm, b, s_ in zip(names, est, sev):
-            var_like = nm.endswith("variance") or ": cov[" in nm
-            z = np.nan if var_like or s_ == 0 else b / s_
-            p = np.nan if np.isnan(z) else 2 * norm.sf(abs(z))
-            rows.append({"name": nm, "estimate": float(b), "std_err": float(s_), "z": float(z), "p_value": float(p)})
-        ll = float(self.log_likelihood(X_in, y).sum())
-        out = {
+        pll = self._parametric_log_likelihood(X_in, y)
+        ll = float(pll.sum()) if sample_weight is None else float(np.dot(sample_weight, pll))
+        k = self._n_parameters(self._spec)
+        n = int(X.shape[0])
+        attrs = {
             "estimator": type(self).__name__,
             "tree": repr(self._spec.tree),
             "gate": self._spec.gate,
             "expert": self._spec.expert,
-            "n_samples": int(X.shape[0]),
-            "n_parameters": self._n_parameters(self._spec),
+            "n_samples": n,
+            "n_parameters": k,
             "log_likelihood": ll,
-            "aic": self.aic(X_in, y),
-            "bic": self.bic(X_in, y),
+            "aic": -2 * ll + 2 * k,
+            "bic": -2 * ll + k * np.log(n),
             "n_iter": self.n_iter_,
             "converged": self.converged_,
             "se": se,
-            "table": rows,
-            "covariance": cov,
+            "ci_level": ci_level,
+            "covariance": res.covariance,
+            "not_identified": [names[k] for k in np.flatnonzero(res.not_identified)],
         }
-        if print_table:
-            print(f"{out['estimator']}: {out['tree']}, {out['gate']} gates, {out['expert']} experts")
-            print(f"n = {out['n_samples']}, parameters = {out['n_parameters']}, log-likelihood = {ll:.4f}, "
-                  f"AIC = {out['aic']:.3f}, BIC = {out['bic']:.3f}, EM iterations = {self.n_iter_}, "
-                  f"converged = {self.converged_}, standard errors: {se}")
-            w = max(len(r["name"]) for r in rows)
-            print(f"{'':{w}s} {'estimate':>12s} {'std err':>10s} {'z':>8s} {'P>|z|':>8s}")
-            for r in rows:
-                zs = "" if np.isnan(r["z"]) else f"{r['z']:8.2f}"
-                ps = "" if np.isnan(r["p_value"]) else f"{r['p_value']:8.4f}"
-                print(f"{r['name']:{w}s} {r['estimate']:12.6g} {r['std_err']:10.4g} {zs:>8s} {ps:>8s}")
-        return out
+        cols = {"estimate": est, "std_err": sev, "z": z, "p_value": p, "ci_lower": lo, "ci_upper": hi}
+        return make_table(cols, names, attrs)
 
     def save(self, path):
         """Save the fitted model (arrays + JSON metadata with version and checksum; no code runs on load).

@@ -99,6 +99,9 @@ def save_estimator(est, path) -> None:
     }
     if e.cov is not None:
         arrays["expert_cov"] = e.cov
+    for name in ("x_min_", "x_max_", "expert_input_min_", "expert_input_max_"):
+        if hasattr(est, name):
+            arrays[name] = getattr(est, name)
     if hasattr(est, "feature_names_in_"):
         arrays["feature_names_in_"] = np.asarray(est.feature_names_in_, dtype=str)
     if hasattr(est, "classes_"):
@@ -163,6 +166,9 @@ def load(path):
         setattr(est, k, f[k])
     est._y_1d = f["y_1d"]
     est.lower_bounds_ = arrays["lower_bounds_"]
+    for name in ("x_min_", "x_max_", "expert_input_min_", "expert_input_max_"):
+        if name in arrays:
+            setattr(est, name, arrays[name])
     if "feature_names_in_" in arrays:
         est.feature_names_in_ = arrays["feature_names_in_"].astype(object)
     if "classes_" in arrays:

@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from hme import bayes
-from hme.inference import canonicalize
+from hme.inference import canonicalize, free_parameter_draws
 from hme.params import center_params
 
 from .classifier import HMEClassifier
@@ -157,16 +157,36 @@ class _BayesBase(BaseEstimator):
         check_is_fitted(self, "samples_")
         return az.from_dict(posterior=self.relabelled_samples_)
 
-    def summary(self):
-        """Posterior mean, sd, 5% / 95% quantiles, effective sample size and R-hat of every relabelled parameter."""
+    def summary(self, ci_level=0.9):
+        """Posterior table of every free parameter, named and ordered as in the point estimate's ``summary()``
+        (canonical leaf order, raw input scale): ``mean, sd``, equal-tailed ``ci_lower, ci_upper`` at
+        ``ci_level``, bulk effective sample size ``n_eff`` and split ``r_hat`` (NaN with one chain). A
+        ``pandas.DataFrame`` (a :class:`hme.table.ParameterTable` without pandas); ``attrs`` holds the method,
+        the number of chains and draws and the divergences."""
+        from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+        from hme.table import make_table
+
         check_is_fitted(self, "samples_")
-        rows = []
-        for site, d in self.diagnostics_.items():
-            for idx in np.ndindex(np.shape(d["mean"])):
-                rows.append((f"{site}{list(idx) if idx else ''}", float(np.asarray(d["mean"])[idx]), float(np.asarray(d["std"])[idx]),
-                             float(np.asarray(d["5.0%"])[idx]), float(np.asarray(d["95.0%"])[idx]),
-                             float(np.asarray(d["n_eff"])[idx]), float(np.asarray(d["r_hat"])[idx])))
-        return rows
+        if not 0 < ci_level < 1:
+            raise ValueError(f"ci_level must lie in (0, 1), got {ci_level!r}")
+        C, S = next(iter(self.samples_.values())).shape[:2]
+        theta, names = free_parameter_draws(self._spec, self.posterior_params_,
+                                            getattr(self, "feature_names_in_", None))
+        th = np.asarray(theta, np.float64).reshape(C, S, -1)
+        flat = th.reshape(C * S, -1)
+        q = np.quantile(flat, [0.5 - ci_level / 2, 0.5 + ci_level / 2], axis=0)
+        cols = {
+            "mean": flat.mean(0),
+            "sd": flat.std(0, ddof=1) if C * S > 1 else np.full(flat.shape[1], np.nan),
+            "ci_lower": q[0],
+            "ci_upper": q[1],
+            "n_eff": np.asarray(effective_sample_size(th)) if S > 1 else np.full(flat.shape[1], np.nan),
+            "r_hat": np.asarray(split_gelman_rubin(th)) if C > 1 and S > 3 else np.full(flat.shape[1], np.nan),
+        }
+        attrs = {"estimator": type(self).__name__, "method": self.method, "n_chains": C, "n_draws": S,
+                 "divergences": getattr(self, "divergences_", None), "ci_level": ci_level}
+        return make_table(cols, names, attrs)
 
 
 class BayesianHMERegressor(RegressorMixin, _BayesBase):
@@ -238,8 +258,9 @@ class BayesianHMEClassifier(ClassifierMixin, _BayesBase):
         return self._fit_posterior(X, codes.astype(np.int32), point)
 
     def predict_proba(self, X):
-        """Posterior-predictive class probabilities: the average over draws."""
-        return np.clip(self._draw_means(self._check_X(X)).mean(axis=0), 0.0, 1.0)
+        """Posterior-predictive class probabilities (float64): the average over draws, renormalised."""
+        p = np.clip(np.asarray(self._draw_means(self._check_X(X)), np.float64).mean(axis=0), 0.0, 1.0)
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -18,12 +18,16 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
 
     Parameters are those of :class:`HMERegressor` without the Gaussian options. Labels may be strings,
     integers or booleans; ``classes_`` holds them in sorted order, and class 0 of every expert is the reference.
+    The default regularisation is ``LogisticRegression()``'s (C = 1) on the standardised inputs for every expert
+    and every gate: ``alpha="auto"`` is 1 with ``shrink_to="zero"``, ``gate_alpha="auto"`` is 1.
 
     Attributes
     ----------
     classes_, params_, gate_coef_, gate_intercept_, expert_coef_ (n_leaves, n_expert_features, n_classes - 1),
     expert_intercept_ (n_leaves, n_classes - 1), n_iter_, converged_, lower_bound_, lower_bounds_
     """
+
+    _auto_alpha = 1.0
 
     def __init__(
         self,
@@ -32,9 +36,10 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         gate="softmax",
         gate_features=None,
         expert_features=None,
-        alpha=1e-6,
-        gate_alpha=1e-4,
-        max_iter=200,
+        alpha="auto",
+        shrink_to="zero",
+        gate_alpha="auto",
+        max_iter=500,
         tol=1e-6,
         n_init=1,
         n_candidates=20,
@@ -48,6 +53,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        out_of_bounds="clip",
     ):
         self.depth = depth
         self.branching = branching
@@ -55,6 +61,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         self.gate_features = gate_features
         self.expert_features = expert_features
         self.alpha = alpha
+        self.shrink_to = shrink_to
         self.gate_alpha = gate_alpha
         self.max_iter = max_iter
         self.tol = tol
@@ -70,6 +77,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.out_of_bounds = out_of_bounds
 
     def fit(self, X, y, sample_weight=None):
         self._validate_params()
@@ -104,15 +112,21 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
             raise ValueError("y contains labels not seen during fit")
         return idx.astype(np.int32)
 
-    def predict_proba(self, X):
-        """Class probabilities, columns in the order of ``classes_``."""
+    def predict_log_proba(self, X):
+        """Log class probabilities (float64), columns in the order of ``classes_``; finite where a leaf saturates.
+
+        The mixture ``log Σ_l π_l(x) p_l(c | x)`` is formed in log space in the fit's dtype and renormalised in
+        float64, so ``exp`` of each row sums to 1 within float64 rounding."""
         X = self._check_X(X)
         with _precision(X.dtype):
-            p = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X))
-        return np.clip(p, 0.0, 1.0)  # a saturated float32 mixture can round to 1 + 1 ulp
+            lp = np.asarray(_model.predict_log_proba(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
+                            np.float64)
+        return lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
 
-    def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+    def predict_proba(self, X):
+        """Class probabilities (float64), columns in the order of ``classes_``: each in [0, 1], rows sum to 1."""
+        p = np.exp(self.predict_log_proba(X))
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X):
         proba = self.predict_proba(X)  # checks that the estimator is fitted first

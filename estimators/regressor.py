@@ -37,15 +37,32 @@ class HMERegressor(RegressorMixin, _HMEBase):
     gate_features, expert_features : list of int or str, default=None
         Columns (indices, or names when fitted on a DataFrame) seen by the gates / experts; None means all,
         ``[]`` an intercept-only gate (a mixture of regressions with constant weights).
-    alpha : float, default=1e-6
-        Ridge on expert slopes (penalty α/2 tr(Σ⁻¹BᵀB)), on the summed log-likelihood scale.
-    gate_alpha : float, default=1e-4
-        Ridge on gate coefficients.
+    alpha : float or "auto", default="auto"
+        Ridge on the experts' slopes on the standardised input scale, in pseudo-observations: the penalty is
+        ``½ Σ_l Σ_j α Var(x_j) (b_lj - t_j)²`` (Gaussian experts: times Σ_l⁻¹, a conjugate prior), so a leaf
+        needs about α rows of its own before its slopes leave the target ``t``. "auto" is
+        ``estimators._base.AUTO_ALPHA`` (10).
+    shrink_to : {"pooled", "zero"}, default="pooled"
+        The ridge's target ``t``: the slopes of one expert fitted to all the data (``expert_coef_target_``; a
+        deep tree on little data then degrades towards the linear model instead of fitting noise), or 0.
+    gate_alpha : float or "auto", default="auto"
+        Ridge on gate coefficients. "auto": softmax gates get ``LogisticRegression()``'s default ridge (C = 1)
+        on the standardised inputs, ``½ γ (b² + Σ_j Var(x_j) w_j²)`` with γ = 1, so a gate cannot split the
+        training data perfectly with ever steeper slopes; Laplace gates γ on their biases. A number: that ridge
+        on the raw scale (as before).
     var_floor : float, default=1e-6
         Floor on expert variances, relative to the variance of each output.
     max_iter, tol, n_init, init_params, random_state, warm_start, verbose, verbose_interval
-        As in :class:`sklearn.mixture.GaussianMixture` (``tol`` is the relative change of the mean penalised
-        log-likelihood; ``init_params`` in {"random", "kmeans", "kmeans_xy"}). ``n_init`` counts full EM runs.
+        As in :class:`sklearn.mixture.GaussianMixture` (``tol`` bounds the change of the mean penalised
+        log-likelihood, relative once it exceeds 1 nat per sample in size, else absolute; ``init_params`` in {"random", "kmeans", "kmeans_xy"}). ``n_init`` counts full EM runs.
+    out_of_bounds : {"clip", "extrapolate"}, default="clip"
+        "clip": at prediction, the gates see every input clipped to its training range ``[x_min_, x_max_]``
+        and each expert sees its inputs clipped to the range of the training rows it explains (leaf posterior
+        ≥ 0.5: ``expert_input_min_``, ``expert_input_max_``), as ``IsotonicRegression(out_of_bounds="clip")``
+        does for one input. A linear expert is then never asked to extrapolate beyond its own data, where its
+        slope was never checked. "extrapolate": the fitted parametric model at any input. Predictions,
+        intervals and ``log_likelihood`` use the choice; ``summary`` always describes the parametric model.
+        Rows beyond the training range by more than a quarter of its width raise an ``ExtrapolationWarning``.
     n_candidates : int, default=20
         emEM start (Biernacki, Celeux & Govaert 2003): each of the ``n_init`` runs starts from the best of
         ``n_candidates`` random starts after 10 EM iterations each (on at most 4096 rows drawn ∝ sample_weight).
@@ -65,6 +82,8 @@ class HMERegressor(RegressorMixin, _HMEBase):
     gate_coef_, gate_intercept_, expert_coef_, expert_intercept_, expert_var_ : readable views
     n_iter_, converged_, lower_bound_, lower_bounds_, log_likelihood_ : EM diagnostics
     n_features_in_, feature_names_in_, n_outputs_
+    x_min_, x_max_ : training range of every input (rows with positive weight), used by ``out_of_bounds``
+    expert_input_min_, expert_input_max_ : (n_leaves, n_expert_features) range of the rows each expert explains
     """
 
     _parameter_constraints = {
@@ -85,10 +104,11 @@ class HMERegressor(RegressorMixin, _HMEBase):
         shared_covariance=False,
         gate_features=None,
         expert_features=None,
-        alpha=1e-6,
-        gate_alpha=1e-4,
+        alpha="auto",
+        shrink_to="pooled",
+        gate_alpha="auto",
         var_floor=1e-6,
-        max_iter=200,
+        max_iter=500,
         tol=1e-6,
         n_init=1,
         n_candidates=20,
@@ -102,6 +122,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        out_of_bounds="clip",
     ):
         self.depth = depth
         self.branching = branching
@@ -112,6 +133,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         self.gate_features = gate_features
         self.expert_features = expert_features
         self.alpha = alpha
+        self.shrink_to = shrink_to
         self.gate_alpha = gate_alpha
         self.var_floor = var_floor
         self.max_iter = max_iter
@@ -128,6 +150,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.out_of_bounds = out_of_bounds
 
     def fit(self, X, y, sample_weight=None):
         """Fit by EM. ``y`` of shape (n_samples,) or (n_samples, n_outputs)."""
@@ -169,7 +192,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
         """Predictive mean E[y | x]."""
         X = self._check_X(X)
         with _precision(X.dtype):
-            mean = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X))
+            mean = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
         return mean[:, 0] if self._y_1d else mean
 
     # -- the predictive distribution ----------------------------------------------------------------------
@@ -177,7 +200,8 @@ class HMERegressor(RegressorMixin, _HMEBase):
         X = self._check_X(X)
         with _precision(X.dtype):
             pi = np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X), np.float64)
-            mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X), np.float64)
+            mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
+                            np.float64)
         return pi, mu
 
     def _leaf_var(self, mu):

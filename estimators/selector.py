@@ -37,7 +37,8 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
     results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl, cv_log_likelihood,
         converged, n_iter, degenerate (why the returned fit degenerated, '' if healthy), fit_time), as
         ``GridSearchCV.cv_results_``
-    best_index_, best_params_, best_estimator_ (refitted on all data)
+    best_index_, best_params_, best_estimator_ (fitted on all data): the best healthy candidate; a degenerate one
+        only when every candidate degenerated, with a ``DegenerateFitWarning``
     """
 
     def __init__(self, estimator=None, depth=(1, 2, 3), branching=(2,), gate=("softmax",), criterion="bic", cv=5, n_init=3, random_state=None):
@@ -81,10 +82,22 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             rows["cv_log_likelihood"].append(self._cv_score(base, params, X, y) if self.criterion == "cv" else np.nan)
             fitted.append(est)
         self.results_ = {k: np.asarray(v) if k != "params" else v for k, v in rows.items()}
+        healthy = self.results_["degenerate"] == ""
         if self.criterion == "cv":
-            self.best_index_ = int(np.nanargmax(self.results_["cv_log_likelihood"]))
+            score = -self.results_["cv_log_likelihood"]
         else:
-            self.best_index_ = int(np.nanargmin(self.results_[self.criterion]))
+            score = self.results_[self.criterion].astype(float)
+        score = np.where(np.isfinite(score), score, np.inf)
+        # a degenerate fit (an empty leaf, an expert on the variance floor) has an inflated likelihood: it is
+        # chosen only when every candidate degenerated, and then with a warning
+        self.best_index_ = int(np.argmin(np.where(healthy, score, np.inf)) if healthy.any() else np.argmin(score))
+        if not healthy.any():
+            warnings.warn(
+                f"every candidate fit is degenerate; returning the best by {self.criterion} "
+                f"({self.results_['params'][self.best_index_]}): {self.results_['degenerate'][self.best_index_]}. "
+                "Try smaller trees, a larger var_floor or alpha, or more restarts (n_init).",
+                DegenerateFitWarning,
+            )
         self.best_params_ = self.results_["params"][self.best_index_]
         self.best_estimator_ = fitted[self.best_index_]
         return self

@@ -1,41 +1,67 @@
-"""hme: hierarchical mixtures of experts in JAX (Jordan & Jacobs 1994), fitted by compiled EM."""
+"""hme: hierarchical mixtures of experts in JAX (Jordan & Jacobs 1994), fitted by compiled EM.
 
-from .em import EMResult, FitOptions, e_step, em_step, fit_em, m_step, run_em
-from .describe import describe_tree
-from .gradient import fit_gradient
-from .model import gate_path_probs, leaf_means, log_likelihood, posteriors, predict_mean, predict_proba
-from .params import ExpertParams, GateParams, HMEParams, zeros_params
-from .spec import ModelSpec, make_spec
-from .tree import TreeSpec
+Names are imported on first use (PEP 562), so ``import hme`` and the ``hme`` command start without loading
+JAX; ``from hme import HMERegressor`` and ``hme.fit_em`` work as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EMResult",
-    "ExpertParams",
-    "FitOptions",
-    "GateParams",
-    "HMEParams",
-    "ModelSpec",
-    "TreeSpec",
-    "describe_tree",
-    "e_step",
-    "em_step",
-    "fit_em",
-    "fit_gradient",
-    "gate_path_probs",
-    "leaf_means",
-    "log_likelihood",
-    "m_step",
-    "make_spec",
-    "posteriors",
-    "predict_mean",
-    "predict_proba",
-    "run_em",
-    "zeros_params",
-]
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "EMResult": "em",
+    "FitOptions": "em",
+    "e_step": "em",
+    "em_step": "em",
+    "fit_em": "em",
+    "m_step": "em",
+    "run_em": "em",
+    "describe_tree": "describe",
+    "fit_gradient": "gradient",
+    "gate_path_probs": "model",
+    "leaf_means": "model",
+    "log_likelihood": "model",
+    "posteriors": "model",
+    "predict_log_proba": "model",
+    "predict_mean": "model",
+    "predict_proba": "model",
+    "ExpertParams": "params",
+    "GateParams": "params",
+    "HMEParams": "params",
+    "zeros_params": "params",
+    "ModelSpec": "spec",
+    "make_spec": "spec",
+    "TreeSpec": "tree",
+    "BayesianHMEClassifier": "estimators",
+    "BayesianHMERegressor": "estimators",
+    "DegenerateFitWarning": "estimators",
+    "ExtrapolationWarning": "estimators",
+    "NotIdentifiedWarning": "estimators",
+    "HMEClassifier": "estimators",
+    "HMERegressor": "estimators",
+    "HMESelector": "estimators",
+    "load": "estimators",
+}
+_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "experts", "gates",
+               "gradient", "inference", "init", "model", "monitor", "params", "plot", "simulate", "spec", "table",
+               "theory", "tree")
 
-from . import datasets  # noqa: E402
-from .estimators import BayesianHMEClassifier, BayesianHMERegressor, DegenerateFitWarning, HMEClassifier, HMERegressor, HMESelector, load  # noqa: E402
+__all__ = sorted(_EXPORTS) + ["datasets"]
 
-__all__ += ["BayesianHMEClassifier", "BayesianHMERegressor", "DegenerateFitWarning", "HMEClassifier", "HMERegressor", "HMESelector", "datasets", "load"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'hme' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -75,10 +75,11 @@ def unit_logits(design: jax.Array, theta: jax.Array) -> jax.Array:
     return (design @ theta.reshape(U * B, q).T).reshape(design.shape[0], U, B)
 
 
-def unit_objective(design, theta, targets, mask, penalty):
-    """Per-unit Q_u(θ) of shape (U,)."""
+def unit_objective(design, theta, targets, mask, penalty, center=None):
+    """Per-unit Q_u(θ) of shape (U,), with the ridge ``½ Σ_q penalty_q (θ - center)²``."""
     logp = masked_log_softmax(unit_logits(design, theta), mask)
-    return jnp.einsum("nub,nub->u", targets, logp) - 0.5 * jnp.einsum("ubq,q->u", theta**2, penalty)
+    dev = theta if center is None else theta - center
+    return jnp.einsum("nub,nub->u", targets, logp) - 0.5 * jnp.einsum("ubq,q->u", dev**2, penalty)
 
 
 def free_probs(log_prob: jax.Array, mask) -> jax.Array:
@@ -207,6 +208,7 @@ def logit_m_step(
     solver: str = "newton",
     node_gram: jax.Array | None = None,
     hessian_gram: jax.Array | None = None,
+    center: jax.Array | None = None,
 ) -> jax.Array:
     """One warm-started Newton (or bound) step with halving for every unit.
 
@@ -218,7 +220,8 @@ def logit_m_step(
     targets : (n, U, B); totals : (n, U); mask : (U, B) valid classes; penalty : (q,) ridge per column;
     node_gram : (U, q, q) ``Σ_t totals_tu d_t d_tᵀ`` (required for ``solver="bound"``);
     hessian_gram : (U (B-1)², q, q) ``weighted_gram(design, newton_weights(...))`` when the caller computed it
-        in a shared pass (``solver="newton"``).
+        in a shared pass (``solver="newton"``);
+    center : (U or 1, B, q) the point the ridge pulls towards (default 0; the reference class row is ignored).
     """
     n, q = design.shape
     U, B, _ = theta.shape
@@ -228,7 +231,8 @@ def logit_m_step(
     prob = free_probs(log_prob, mask)  # (n, U, B-1)
     resid = targets[:, :, 1:] - totals[:, :, None] * prob
     grad = (design.T @ resid.reshape(n, U * Bf)).reshape(q, U, Bf).transpose(1, 2, 0)
-    grad = grad - penalty * theta[:, 1:, :]
+    dev = theta if center is None else theta - center
+    grad = grad - penalty * dev[:, 1:, :]
     free = mask[:, 1:]  # (U, Bf)
     grad = jnp.where(free[:, :, None], grad, 0.0)
     eye_b = jnp.eye(Bf, dtype=design.dtype)
@@ -258,7 +262,7 @@ def logit_m_step(
         # The bound majorises the negative Hessian everywhere, so the full step maximises a minorizer of
         # Q_u and cannot decrease it: no trial evaluation is needed.
         return theta + step
-    f0 = jnp.einsum("nub,nub->u", targets, log_prob) - 0.5 * jnp.einsum("ubq,q->u", theta**2, penalty)
-    obj = lambda th: unit_objective(design, th, targets, mask, penalty)
+    f0 = jnp.einsum("nub,nub->u", targets, log_prob) - 0.5 * jnp.einsum("ubq,q->u", dev**2, penalty)
+    obj = lambda th: unit_objective(design, th, targets, mask, penalty, center)
     new_theta, _ = newton_ascent(theta, step, obj, f0)
     return new_theta

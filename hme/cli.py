@@ -1,4 +1,6 @@
-"""Command line: ``hme demo`` and ``hme rates EXPERIMENT [--quick] [--out DIR]``."""
+"""Command line: ``hme demo``, ``hme fit DATA.csv --target Y`` and ``hme rates EXPERIMENT [--quick] [--out DIR]``.
+
+Heavy modules (JAX, scikit-learn) are imported inside the commands, so ``hme --help`` answers at once."""
 
 from __future__ import annotations
 
@@ -12,6 +14,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hme", description="Hierarchical mixtures of experts in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="fit HMEs of depth 1-4 and a linear model on the bundled kin8nm data")
+    fit = sub.add_parser("fit", help="fit an HME to a CSV file, print its summary and save the model",
+                         description="Fit HMERegressor (numeric target) or HMEClassifier (non-numeric target, or "
+                         "--classify) to the numeric columns of a CSV file with a header row; print the fit, "
+                         "the coefficient table with standard errors and the tree; save the model (load it with "
+                         "hme.load).")
+    fit.add_argument("data", help="CSV file with a header row")
+    fit.add_argument("--target", required=True, help="name of the column to predict")
+    fit.add_argument("--features", default=None, help="comma-separated input columns (default: every other column)")
+    fit.add_argument("--classify", action="store_true", help="treat a numeric target as class labels")
+    fit.add_argument("--depth", type=int, default=2)
+    fit.add_argument("--branching", type=int, default=2)
+    fit.add_argument("--gate", choices=("softmax", "laplace"), default="softmax")
+    fit.add_argument("--n-init", type=int, default=3, help="full EM runs (default 3)")
+    fit.add_argument("--random-state", type=int, default=0)
+    fit.add_argument("--se", choices=("observed", "sandwich"), default="observed")
+    fit.add_argument("--out", default=None, help="model file (default: DATA with the suffix .hme.npz)")
     rates = sub.add_parser("rates", help="convergence-rate experiments: Voronoi losses against the theory's slopes")
     rates.add_argument("experiment", choices=EXPERIMENTS)
     rates.add_argument("--quick", action="store_true", help="small grid (about two minutes on two cores)")
@@ -31,7 +49,86 @@ def main(argv=None) -> int:
         return demo_main()
     if args.command == "rates":
         return _rates(args)
+    if args.command == "fit":
+        return _fit(args)
     return 2
+
+
+def _read_csv(path: str):
+    """(column names, columns as NumPy arrays: float where every entry parses as a number, else str)."""
+    import csv
+
+    import numpy as np
+
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs a header row and at least one data row")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    if any(len(r) != len(header) for r in body):
+        bad = next(i for i, r in enumerate(body) if len(r) != len(header))
+        raise ValueError(f"{path}: row {bad + 2} has {len(body[bad])} fields, the header has {len(header)}")
+    cols = {}
+    for j, name in enumerate(header):
+        raw = [r[j].strip() for r in body]
+        try:
+            cols[name] = np.array([float(v) if v not in ("", "NA", "nan", "NaN") else np.nan for v in raw])
+        except ValueError:
+            cols[name] = np.array(raw, dtype=object)
+    return header, cols
+
+
+def _fit(args) -> int:
+    import os
+    import warnings
+
+    import numpy as np
+
+    header, cols = _read_csv(args.data)
+    if args.target not in cols:
+        raise SystemExit(f"hme fit: no column {args.target!r} in {args.data}; columns: {', '.join(header)}")
+    names = [c for c in header if c != args.target] if args.features is None else args.features.split(",")
+    missing = [c for c in names if c not in cols]
+    if missing:
+        raise SystemExit(f"hme fit: unknown feature column(s) {missing}; columns: {', '.join(header)}")
+    text = [c for c in names if cols[c].dtype == object]
+    if text:
+        raise SystemExit(f"hme fit: feature column(s) {text} are not numeric; encode them first or pass --features")
+    X = np.column_stack([cols[c] for c in names]) if names else np.zeros((len(cols[args.target]), 0))
+    y = cols[args.target]
+    classify = args.classify or y.dtype == object
+    keep = np.all(np.isfinite(X), axis=1) & (np.ones(len(y), bool) if y.dtype == object else np.isfinite(y))
+    if not keep.all():
+        print(f"dropped {int((~keep).sum())} rows with missing values")
+    X, y = X[keep], y[keep]
+    from .estimators import HMEClassifier, HMERegressor
+
+    cls = HMEClassifier if classify else HMERegressor
+    est = cls(depth=args.depth, branching=args.branching, gate=args.gate, n_init=args.n_init,
+              random_state=args.random_state)
+    try:
+        import pandas as pd
+
+        X_in = pd.DataFrame(X, columns=names)  # the summary and the saved model keep the column names
+    except ImportError:
+        X_in = X
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X_in, y.astype(str) if classify and y.dtype == object else y)
+        table = est.summary(X_in, y, se=args.se)
+    for w in caught:
+        print(f"warning: {w.message}")
+    a = table.attrs
+    print(f"{cls.__name__}: {a['tree']}, {a['gate']} gates, {a['expert']} experts; n = {a['n_samples']}, "
+          f"{a['n_parameters']} parameters; log-likelihood {a['log_likelihood']:.4f}, AIC {a['aic']:.3f}, "
+          f"BIC {a['bic']:.3f}; {a['n_iter']} EM iterations, converged: {a['converged']}")
+    print(f"training score ({'accuracy' if classify else 'R^2'}): {est.score(X_in, y):.4f}\n")
+    print(table.to_string() if hasattr(table, "to_string") else table)
+    print("\n" + est.describe(X_in))
+    out = args.out or os.path.splitext(args.data)[0] + ".hme.npz"
+    est.save(out)
+    print(f"\nsaved the model to {out} (load it with hme.load)")
+    return 0
 
 
 def _rates(args) -> int:

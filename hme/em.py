@@ -57,9 +57,10 @@ class FitOptions(NamedTuple):
     """Numeric hyperparameters, traced (changing them does not recompile)."""
 
     tol: jax.Array
-    alpha: jax.Array
+    alpha: jax.Array  # () or (q,): ridge on expert coefficients per design column (column 0, the intercept, free)
     gate_alpha: jax.Array
     var_floor: jax.Array  # (n_outputs,)
+    coef_target: Optional[jax.Array] = None  # (p_e, k): the expert slopes the ridge pulls towards (default 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,9 @@ def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
     g = params.gates
     if spec.gate == "gaussian":
         gate_pen = _gates.gaussian_penalty(g, opts.gate_alpha)
+    elif spec.gate == "softmax" and jnp.ndim(opts.gate_alpha) == 1:  # per column: bias, then slopes
+        ga = opts.gate_alpha
+        gate_pen = 0.5 * (ga[0] * jnp.sum(g.bias**2) + jnp.sum(g.weight**2 * ga[1:]))
     else:  # ridge on every bias, and on softmax slopes (Laplace keys are locations, not shrunk)
         slope_sq = jnp.sum(g.weight**2, axis=(-2, -1))
         if spec.mixed_gates:
@@ -141,7 +145,7 @@ def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
         elif spec.gate != "softmax":
             slope_sq = jnp.zeros_like(slope_sq)
         gate_pen = 0.5 * opts.gate_alpha * (jnp.sum(g.bias**2) + jnp.sum(slope_sq))
-    return gate_pen + _experts.family(spec).penalty(spec, params.experts, opts.alpha)
+    return gate_pen + _experts.family(spec).penalty(spec, params.experts, opts.alpha, opts.coef_target)
 
 
 class EStep(NamedTuple):
@@ -225,7 +229,9 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
         obj = st.objective
         finite = jnp.isfinite(obj)
         prev = s["prev"]
-        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
+        # change relative to the objective, or absolute (nats per sample) once the objective is below 1 in size:
+        # a classifier that fits well has an objective near 0, where a purely relative test never stops
+        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), 1.0)
         converged = (k > 0) & finite & (rel <= opts.tol)
         done = converged | ~finite | (k >= cfg.max_iter)
         if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
@@ -443,6 +449,7 @@ def fit_em(
     alpha: float = DEFAULT_ALPHA,
     gate_alpha: float = DEFAULT_GATE_ALPHA,
     var_floor=None,
+    coef_target=None,
     gate_solver: str = "newton",
     expert_solver: str = "newton",
     verbose: int = 0,
@@ -466,9 +473,15 @@ def fit_em(
         :data:`SCREEN_ITER` EM iterations each (on at most :data:`SCREEN_ROWS` rows); 1 turns screening off
     random_state : int, a ``jax.random`` key, or an array of ``n_init`` keys (one per restart); fixes every
         random choice
-    max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * |objective|
-    alpha : ridge on expert slopes (Gaussian experts: penalty ``α/2 tr(Σ⁻¹ BᵀB)``), default 1e-6
-    gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4
+    max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * max(|objective|, 1)
+    alpha : ridge on expert slopes (Gaussian experts: penalty ``α/2 tr(Σ⁻¹ (B - T)ᵀ(B - T))``), default 1e-6; a
+        scalar, or one value per expert feature (shape (n_expert_features,)), e.g. α·Var(x_j) for a ridge on the
+        standardised scale
+    coef_target : (n_expert_features, n_expert_outputs) slopes T the ridge pulls every expert towards (default 0),
+        e.g. a pooled single-expert fit, so that experts with little data of their own stay near it
+    gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4; for
+        softmax gates also a vector ``[α_bias, α_1, ..., α_p]`` (e.g. γ·[1, Var(x_1), ...] for a ridge on the
+        standardised scale)
     var_floor : floor on Gaussian expert variances, scalar or per output; default 1e-6 x Var(y)
     gate_solver : "newton" (exact IRLS Hessian) or "bound" (Böhning's curvature bound; no extra data pass)
     expert_solver : "newton" or "bound", for categorical experts
@@ -485,7 +498,7 @@ def fit_em(
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
-                    gate_alpha, var_floor)
+                    gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored,
                     n_candidates=check_n_candidates(n_candidates))
@@ -512,7 +525,7 @@ class Prepared(NamedTuple):
 
 
 def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha, gate_alpha,
-                var_floor) -> Prepared:
+                var_floor, coef_target=None) -> Prepared:
     """Shared validation of :func:`fit_em` and :func:`hme.fit_gradient` (clear errors, never a JAX traceback)."""
     code_space.ensure_code_space()
     if init not in INIT_METHODS:
@@ -523,8 +536,24 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
         raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not (alpha >= 0 and gate_alpha >= 0):
-        raise ValueError("alpha and gate_alpha must be >= 0")
+    a = np.asarray(alpha, np.float64)
+    ga = np.asarray(gate_alpha, np.float64)
+    if not (np.all(a >= 0) and np.all(np.isfinite(a)) and np.all(ga >= 0) and np.all(np.isfinite(ga))):
+        raise ValueError("alpha and gate_alpha must be finite and >= 0")
+    if ga.ndim > 1 or (ga.ndim == 1 and (spec.gate != "softmax" or ga.shape[0] != spec.n_gate_features + 1)):
+        raise ValueError("gate_alpha must be a scalar, or (softmax gates) one value for the biases followed by one "
+                         f"per gate feature ({spec.n_gate_features + 1} in all); got shape {ga.shape} for "
+                         f"{spec.gate!r} gates")
+    gate_alpha = ga
+    p_e = spec.n_expert_features
+    if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != p_e):
+        raise ValueError(f"alpha must be a scalar or have one value per expert feature ({p_e}), got shape {a.shape}")
+    alpha = a if a.ndim == 0 else np.concatenate([[0.0], a])  # per design column; the intercept is free
+    if coef_target is not None:
+        coef_target = np.asarray(coef_target, np.float64)
+        if coef_target.shape != (p_e, spec.n_expert_outputs) or not np.all(np.isfinite(coef_target)):
+            raise ValueError(f"coef_target must be finite with shape ({p_e}, {spec.n_expert_outputs}), got "
+                             f"{coef_target.shape}")
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64)
@@ -565,7 +594,8 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
     vf = jnp.broadcast_to(jnp.asarray(var_floor, dtype), (spec.n_targets if spec.expert == "gaussian" else k,))
     if not np.all(np.asarray(vf) > 0):
         raise ValueError("var_floor must be > 0")
-    opts = FitOptions(jnp.asarray(tol, dtype), jnp.asarray(alpha, dtype), jnp.asarray(gate_alpha, dtype), vf)
+    opts = FitOptions(jnp.asarray(tol, dtype), jnp.asarray(alpha, dtype), jnp.asarray(gate_alpha, dtype), vf,
+                      None if coef_target is None else jnp.asarray(coef_target, dtype))
     if isinstance(random_state, (int, np.integer)):
         keys = jax.random.split(jax.random.PRNGKey(int(random_state)), n_init)
     else:

@@ -2,7 +2,7 @@ r"""Gate families: log gate probabilities of every gate at once, and their M-ste
 
 * softmax: ``log g_{g,c}(x) = w_{g,c}·x + b_{g,c} - logsumexp_c'(...)``, child 0 the reference (``w=0, b=0``).
   M-step: weighted multinomial logit with soft targets (:mod:`hme._logit`).
-* laplace (FuseMoE, theory.md §1.2): ``log g_{g,c}(x) = -‖W_{g,c} - x‖_ε + b_{g,c} - logsumexp``, with the
+* laplace (FuseMoE, docs/theory.md §1.2): ``log g_{g,c}(x) = -‖W_{g,c} - x‖_ε + b_{g,c} - logsumexp``, with the
   smoothed distance ``‖v‖_ε = sqrt(‖v‖² + ε²)``. M-step: modified Newton (eigenvalues of the negative Hessian
   replaced by their absolute values, floored) with step halving on the same weighted soft-target objective.
 
@@ -130,8 +130,8 @@ def m_step(
         bias = gates.bias.at[s].set(theta[..., 0]).at[l].set(lap.bias)
         weight = gates.weight.at[s].set(theta[..., 1:]).at[l].set(lap.weight)
         return GateParams(bias, weight)
-    if spec.gate == "softmax":
-        penalty = jnp.full((q,), gate_alpha, dtype)
+    if spec.gate == "softmax":  # gate_alpha: scalar, or one value per design column (bias, then slopes)
+        penalty = jnp.broadcast_to(jnp.asarray(gate_alpha, dtype), (q,))
         theta = logit_m_step(
             design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram, hessian_gram
         )

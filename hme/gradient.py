@@ -231,7 +231,9 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
         k = s["k"]
         finite = jnp.isfinite(obj)
         prev = s["prev"]
-        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), jnp.finfo(dtype).eps)
+        # change relative to the objective, or absolute (nats per sample) once the objective is below 1 in size:
+        # a classifier that fits well has an objective near 0, where a purely relative test never stops
+        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), 1.0)
         converged = (k > 0) & finite & (rel <= opts.tol)
         done = converged | ~finite | (k >= cfg.max_iter)
         if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
@@ -300,6 +302,7 @@ def fit_gradient(
     alpha: float = DEFAULT_ALPHA,
     gate_alpha: float = DEFAULT_GATE_ALPHA,
     var_floor=None,
+    coef_target=None,
     verbose: int = 0,
     interruptible: bool = True,
 ) -> EMResult:
@@ -323,7 +326,7 @@ def fit_gradient(
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
-                    gate_alpha, var_floor)
+                    gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
                          learning_rate, p.user_init, monitor=monitored,

@@ -14,6 +14,9 @@ standard errors.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +105,9 @@ def canonicalize(spec: ModelSpec, params: HMEParams, x_ref) -> HMEParams:
     return HMEParams(GateParams(cast(bias), cast(weight)), jax.tree_util.tree_map(cast, ex))
 
 
-def free_parameters(spec: ModelSpec, params: HMEParams, feature_names=None):
-    """(theta, unflatten, names): the free parameters as a vector, its inverse map and readable names."""
+def _parameter_map(spec, params, feature_names=None):
+    """(theta, srcs, names): the free parameters, one index array per parameter leaf (θ-index of each entry,
+    -1 where the entry is fixed: reference children, mirrored covariance entries) and readable names."""
     names_x = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(spec.n_features)]
     gnames = names_x if spec.gate_features is None else [names_x[i] for i in spec.gate_features]
     enames = names_x if spec.expert_features is None else [names_x[i] for i in spec.expert_features]
@@ -163,47 +167,152 @@ def free_parameters(spec: ModelSpec, params: HMEParams, feature_names=None):
     for src, arr in zip(srcs, leaves):
         a = np.asarray(arr)
         theta[src[src >= 0]] = a[src >= 0]
-    base = [jnp.asarray(a) for a in leaves]
+    return theta, srcs, names
+
+
+def _unflatten(th, srcs, base):
+    """Parameters (a list of leaf arrays like ``base``) with the free entries taken from θ."""
+    return [jnp.where(s >= 0, th[jnp.maximum(s, 0)], b) for s, b in zip(srcs, base)]
+
+
+def free_parameter_draws(spec: ModelSpec, stacked: HMEParams, feature_names=None):
+    """(theta (D, P), names): the free parameters of D parameter sets stacked on a leading axis (posterior
+    draws), named as in :func:`free_parameters`."""
+    leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(stacked)]
+    first = jax.tree_util.tree_map(lambda a: None if a is None else np.asarray(a)[0], stacked)
+    _, srcs, names = _parameter_map(spec, first, feature_names)
+    theta = np.zeros((leaves[0].shape[0], len(names)), leaves[0].dtype)
+    for src, arr in zip(srcs, leaves):
+        theta[:, src[src >= 0]] = arr[:, src >= 0]
+    return theta, names
+
+
+def free_parameters(spec: ModelSpec, params: HMEParams, feature_names=None):
+    """(theta, unflatten, names): the free parameters as a vector, its inverse map and readable names."""
+    theta, srcs, names = _parameter_map(spec, params, feature_names)
+    base = [jnp.asarray(a) for a in jax.tree_util.tree_leaves(params)]
     treedef = jax.tree_util.tree_structure(params)
+    srcs_j = [jnp.asarray(s) for s in srcs]
 
     def unflatten(th):
-        arrs = [jnp.where(jnp.asarray(s) >= 0, th[jnp.asarray(np.maximum(s, 0))], b) for s, b in zip(srcs, base)]
-        return jax.tree_util.tree_unflatten(treedef, arrs)
+        return jax.tree_util.tree_unflatten(treedef, _unflatten(th, srcs_j, base))
 
     return jnp.asarray(theta), unflatten, names
 
 
-def _per_sample_ll(spec, unflatten, X, y):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _derivatives(spec, treedef, kind, theta, srcs, base, X, y, w, penalty_opts=None, x_mean=None):
+    """-∇² [Σ_t w_t log p(y_t | x_t; θ) - penalty(θ)] (P, P), and for ``kind="sandwich"`` also
+    J = Σ_t w_t s_t s_tᵀ. The penalty (of :func:`hme.em.penalty`, on inputs centred at ``x_mean`` as the fit
+    had them) is included when ``penalty_opts`` is given."""
+    from .em import penalty
+    from .params import center_params
+
     d = make_design(spec, X)
 
-    def f(th):
-        return joint(spec, unflatten(th), d, y).log_lik
+    def params_of(th):
+        return jax.tree_util.tree_unflatten(treedef, _unflatten(th, srcs, base))
 
-    return f
+    def per_sample(th):
+        return joint(spec, params_of(th), d, y).log_lik
+
+    def objective(th):
+        value = jnp.sum(w * per_sample(th))
+        if penalty_opts is not None:
+            value = value - penalty(spec, center_params(spec, params_of(th), x_mean, 1.0), penalty_opts)
+        return value
+
+    info = -jax.hessian(objective)(theta)
+    if kind == "observed":
+        return info, None
+    S = jax.jacrev(per_sample)(theta)  # (n, P) per-sample scores
+    return info, (S * w[:, None]).T @ S
 
 
-def observed_information(spec: ModelSpec, params: HMEParams, X, y, sample_weight=None, feature_names=None):
-    """(theta, names, I) with I = -Hessian of the weighted log-likelihood at ``params``."""
+def _information(spec, params, X, y, sample_weight, feature_names, kind, penalty_opts=None):
+    """(theta, names, I, J): rows padded to a size bucket with zero weight so that one compiled program
+    serves data sets of nearby sizes."""
+    from ._linalg import padded_length
+
     code_space.ensure_code_space()
     X = jnp.asarray(X)
     y = prepare_targets(spec, y, X.dtype)
-    w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
-    theta, unflatten, names = free_parameters(spec, params, feature_names)
-    f = _per_sample_ll(spec, unflatten, X, y)
-    H = jax.hessian(lambda th: jnp.sum(w * f(th)))(theta)
-    return theta, names, -H, (f, w)
+    n = X.shape[0]
+    w = jnp.ones(n, X.dtype) if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
+    pad = padded_length(n) - n
+    if pad:
+        X, y, w = (jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) for a in (X, y, w))
+    theta, srcs, names = _parameter_map(spec, params, feature_names)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    x_mean = None
+    if penalty_opts is not None:
+        penalty_opts = jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a, X.dtype), penalty_opts)
+        x_mean = (w @ X) / jnp.sum(w)
+    info, J = _derivatives(spec, treedef, kind, jnp.asarray(theta), [jnp.asarray(s) for s in srcs],
+                           [jnp.asarray(a) for a in leaves], X, y, w, penalty_opts, x_mean)
+    return theta, names, info, J
 
 
-def standard_errors(spec: ModelSpec, params: HMEParams, X, y, sample_weight=None, kind="observed", feature_names=None):
-    """Estimates, standard errors and names of the free parameters (see the module docstring)."""
+def observed_information(spec: ModelSpec, params: HMEParams, X, y, sample_weight=None, feature_names=None):
+    """(theta, names, I) with I = -Hessian of the weighted log-likelihood at ``params`` (P, P)."""
+    theta, names, info, _ = _information(spec, params, X, y, sample_weight, feature_names, "observed")
+    return jnp.asarray(theta), names, info
+
+
+#: Relative size below which an eigenvalue of the information counts as zero, per fit dtype (the Hessian is
+#: exact to rounding, so float32 fits need a larger threshold).
+SINGULAR_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
+#: A parameter whose squared loading on the (near-)null space of the information exceeds this is not identified.
+NULL_LOADING = 1e-6
+
+
+class StandardErrors(NamedTuple):
+    """Estimates θ (P,), standard errors (P,; NaN where not identified), names, covariance (P, P; NaN rows and
+    columns where not identified), ``not_identified`` (P,) bool and ``negative_curvature`` (P,) bool."""
+
+    estimate: np.ndarray
+    std_err: np.ndarray
+    names: list
+    covariance: np.ndarray
+    not_identified: np.ndarray
+    negative_curvature: np.ndarray
+
+
+def standard_errors(spec: ModelSpec, params: HMEParams, X, y, sample_weight=None, kind="observed",
+                    feature_names=None, penalty_opts=None) -> StandardErrors:
+    r"""Standard errors of the free parameters from the observed information (see the module docstring).
+
+    With the Jacobi-scaled information ``R = D^{-1/2} I D^{-1/2} = V Λ Vᵀ`` (``D = diag I``: the test does not
+    depend on the inputs' units), eigenvalues ``λ ≤ rtol·max|λ|`` span directions the data do not determine (a flat
+    likelihood: a saturated gate, an unused input, a leaf with no data); ``λ < -rtol·max|λ|`` are directions of
+    negative curvature (not a maximum). A parameter loading on either (``Σ_k V_{jk}² > NULL_LOADING`` over those
+    k) gets NaN. The rest use the inverse on the identified subspace, ``Σ = D^{-1/2} V₊ Λ₊⁻¹ V₊ᵀ D^{-1/2}``
+    (sandwich: ``Σ J Σ``). ``penalty_opts`` (a :class:`hme.em.FitOptions`): the fit maximised the penalised
+    likelihood, so its curvature is that of the penalised objective (the Laplace approximation of the posterior
+    whose mode the fit is); without it, the plain observed information."""
     if kind not in ("observed", "sandwich"):
-        raise ValueError("kind must be 'observed' or 'sandwich'")
-    theta, names, info, (f, w) = observed_information(spec, params, X, y, sample_weight, feature_names)
+        raise ValueError(f"kind must be 'observed' or 'sandwich', got {kind!r}")
+    theta, names, info, J = _information(spec, params, X, y, sample_weight, feature_names, kind, penalty_opts)
     info = np.asarray(info, np.float64)
-    cov = np.linalg.pinv(0.5 * (info + info.T), hermitian=True)
+    info = 0.5 * (info + info.T)
+    # Jacobi scaling, so that the test does not depend on the inputs' units: R = D^-1/2 I D^-1/2 with D = diag(I)
+    d = np.abs(np.diag(info))
+    dead = ~(d > 0)  # a parameter the likelihood does not depend on at all
+    s = np.where(dead, 1.0, 1.0 / np.sqrt(np.where(dead, 1.0, d)))
+    R = info * s[:, None] * s[None, :]
+    R[dead, :] = 0.0
+    R[:, dead] = 0.0
+    lam, V = np.linalg.eigh(R)
+    rtol = SINGULAR_RTOL.get(np.dtype(np.asarray(theta).dtype), 1e-5)
+    scale = max(float(np.abs(lam).max(initial=0.0)), np.finfo(np.float64).tiny)
+    keep = lam > rtol * scale
+    negative = lam < -rtol * scale
+    neg_load = np.sum(V[:, negative] ** 2, axis=1) > NULL_LOADING
+    bad = (np.sum(V[:, ~keep] ** 2, axis=1) > NULL_LOADING) | dead
+    cov = ((V[:, keep] / lam[keep]) @ V[:, keep].T) * s[:, None] * s[None, :]
     if kind == "sandwich":
-        S = np.asarray(jax.jacrev(f)(theta), np.float64)  # (n, P) per-sample scores
-        J = (S * np.asarray(w, np.float64)[:, None]).T @ S
-        cov = cov @ J @ cov
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    return np.asarray(theta, np.float64), se, names, cov
+        cov = cov @ np.asarray(J, np.float64) @ cov
+    cov[bad, :] = np.nan
+    cov[:, bad] = np.nan
+    se = np.sqrt(np.diag(cov))
+    return StandardErrors(np.asarray(theta, np.float64), se, names, cov, bad, neg_load & bad)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import code_space
 from . import experts as _experts
@@ -32,11 +33,29 @@ class Design(NamedTuple):
     gate: jax.Array
 
 
-def make_design(spec: ModelSpec, X: jax.Array) -> Design:
+class ExpertBox(NamedTuple):
+    """Per-leaf input ranges of the experts, ``lo``, ``hi`` of shape (L, p_e) (expert features only)."""
+
+    lo: jax.Array
+    hi: jax.Array
+
+
+def make_design(spec: ModelSpec, X: jax.Array, expert_box: ExpertBox | None = None) -> Design:
+    """Designs of the rows of X. With ``expert_box`` the expert design is (n, L, 1 + p_e): leaf l sees
+    ``[1, clip(x_e, lo_l, hi_l)]`` (prediction only; fits use the shared (n, 1 + p_e) design)."""
     n = X.shape[0]
     ones = jnp.ones((n, 1), X.dtype)
     Xe = X if spec.expert_features is None else X[:, jnp.asarray(spec.expert_features, int)]
     De = jnp.concatenate([ones, Xe.reshape(n, -1)], axis=1)
+    if expert_box is not None:
+        lo, hi = (jnp.asarray(a, X.dtype) for a in expert_box)
+        Xb = jnp.clip(Xe.reshape(n, 1, -1), lo[None], hi[None])  # (n, L, p_e)
+        De_box = jnp.concatenate([jnp.ones(Xb.shape[:2] + (1,), X.dtype), Xb], axis=2)
+        Dg = De if spec.shares_design else None
+        if Dg is None:
+            Xg = (X if spec.gate_features is None else X[:, jnp.asarray(spec.gate_features, int)]).reshape(n, -1)
+            Dg = jnp.concatenate([ones, Xg], axis=1) if spec.gate_design_has_intercept else Xg
+        return Design(De_box, Dg)
     if spec.shares_design:
         return Design(De, De)
     Xg = X if spec.gate_features is None else X[:, jnp.asarray(spec.gate_features, int)]
@@ -104,7 +123,7 @@ def _bucketed(fn):
     on data sets of nearby sizes reuse one compiled program."""
 
     @functools.wraps(fn)
-    def wrapper(spec, params, X, *rest):
+    def wrapper(spec, params, X, *rest, expert_box=None):
         from ._linalg import padded_length
 
         code_space.ensure_code_space()
@@ -114,7 +133,9 @@ def _bucketed(fn):
         if pad:
             X = jnp.pad(X, ((0, pad), (0, 0)))
             rest = tuple(jnp.pad(jnp.asarray(r), ((0, pad),) + ((0, 0),) * (jnp.ndim(r) - 1)) for r in rest)
-        out = fn(spec, params, X, *rest)
+        if expert_box is not None:
+            expert_box = ExpertBox(*(jnp.asarray(a) for a in expert_box))
+        out = fn(spec, params, X, *rest, expert_box=expert_box)
         return jax.tree_util.tree_map(lambda a: a[:n], out)
 
     return wrapper
@@ -122,8 +143,9 @@ def _bucketed(fn):
 
 @_bucketed
 @functools.partial(jax.jit, static_argnums=0)
-def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
-    """Prior probability of reaching each leaf, π_l(x): array of shape (n_samples, n_leaves), rows sum to 1."""
+def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
+    """Prior probability of reaching each leaf, π_l(x): array of shape (n_samples, n_leaves), rows sum to 1.
+    (``expert_box`` is accepted for a uniform signature; gates never use it.)"""
     X = jnp.asarray(X)
     d = make_design(spec, X)
     return jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
@@ -131,15 +153,16 @@ def gate_path_probs(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Arr
 
 @_bucketed
 @functools.partial(jax.jit, static_argnums=0)
-def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,)."""
+def log_likelihood(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array, expert_box=None) -> jax.Array:
+    """Per-sample conditional log-density log p(y_t | x_t), shape (n_samples,). With ``expert_box``
+    (:class:`ExpertBox`) each expert sees its inputs clipped to its own box."""
     X = jnp.asarray(X)
-    return joint(spec, params, make_design(spec, X), prepare_targets(spec, y, X.dtype)).log_lik
+    return joint(spec, params, make_design(spec, X, expert_box), prepare_targets(spec, y, X.dtype)).log_lik
 
 
 @_bucketed
 @functools.partial(jax.jit, static_argnums=0)
-def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -> dict:
+def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array, expert_box=None) -> dict:
     """Posterior probabilities given (x, y).
 
     Returns a dict with ``leaf`` (n, L) = h_l, ``edge`` (n, G, B) = posterior of passing through each gate's
@@ -147,7 +170,7 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
     gate's soft targets (posterior of child c given that gate g is reached).
     """
     X = jnp.asarray(X)
-    j = joint(spec, params, make_design(spec, X), prepare_targets(spec, y, X.dtype))
+    j = joint(spec, params, make_design(spec, X, expert_box), prepare_targets(spec, y, X.dtype))
     leaf = j.leaf_post
     edge = edge_mass(spec, leaf)
     mask = jnp.asarray(spec.tree.child_mask)
@@ -158,21 +181,76 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array) -
 
 @_bucketed
 @functools.partial(jax.jit, static_argnums=0)
-def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
     """Per-leaf predictive means (class probabilities for categorical experts), (n, L, k)."""
     X = jnp.asarray(X)
-    return _experts.family(spec).mean(spec, params.experts, make_design(spec, X).expert)
+    return _experts.family(spec).mean(spec, params.experts, make_design(spec, X, expert_box).expert)
 
 
 @_bucketed
 @functools.partial(jax.jit, static_argnums=0)
-def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
+def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
     """Predictive mean E[y | x] = Σ_l π_l(x) μ_l(x): (n, n_outputs); class probabilities for categorical."""
-    return jnp.einsum("nl,nlk->nk", gate_path_probs(spec, params, X), leaf_means(spec, params, X))
+    X = jnp.asarray(X)
+    d = make_design(spec, X, expert_box)
+    pi = jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
+    return jnp.einsum("nl,nlk->nk", pi, _experts.family(spec).mean(spec, params.experts, d.expert))
 
 
-def predict_proba(spec: ModelSpec, params: HMEParams, X: jax.Array) -> jax.Array:
-    """Class probabilities p(y = c | x), (n, n_classes); categorical experts only."""
+def predict_log_proba(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
+    """Log class probabilities log p(y = c | x) = logsumexp_l(log π_l(x) + log p_l(c | x)), (n, n_classes).
+
+    Computed in log space, so a saturated leaf gives a finite log-probability instead of log 0; categorical
+    experts only. Rows are normalised in the model's dtype; see :func:`predict_proba` for exact sums."""
     if spec.expert != "categorical":
-        raise ValueError("predict_proba needs categorical experts")
-    return predict_mean(spec, params, X)
+        raise ValueError("predict_log_proba needs categorical experts")
+    return _predict_log_proba(spec, params, X, expert_box=expert_box)
+
+
+@_bucketed
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_log_proba(spec, params, X, expert_box=None):
+    X = jnp.asarray(X)
+    d = make_design(spec, X, expert_box)
+    log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates))  # (n, L)
+    log_leaf = _experts.family(spec).log_mean(spec, params.experts, d.expert)  # (n, L, C)
+    lp = jax.nn.logsumexp(log_pi[..., None] + log_leaf, axis=1)
+    return lp - jax.nn.logsumexp(lp, axis=1, keepdims=True)
+
+
+def predict_proba(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> np.ndarray:
+    """Class probabilities p(y = c | x) as float64 NumPy, (n, n_classes); categorical experts only.
+
+    The log-probabilities of :func:`predict_log_proba` are renormalised and exponentiated in float64 whatever
+    the model's dtype, so every entry lies in [0, 1] and every row sums to 1 within a few float64 ulps."""
+    lp = np.asarray(predict_log_proba(spec, params, X, expert_box), np.float64)
+    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    p = np.exp(lp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+#: A training row belongs to an expert's box when its posterior for that leaf is at least this.
+BOX_POSTERIOR = 0.5
+
+
+def expert_boxes(spec: ModelSpec, leaf_post, X, sample_weight=None) -> ExpertBox:
+    """The input range of the training rows each expert explains, for clipping its inputs at prediction.
+
+    Leaf l's box spans the expert features of the rows with ``h_tl ≥ BOX_POSTERIOR`` (and positive weight);
+    a leaf that explains no row that clearly gets the rows where it has the largest posterior, and failing that
+    the whole training range. NumPy in, NumPy out: ``lo``, ``hi`` of shape (L, p_e)."""
+    X = np.asarray(X, np.float64)
+    Xe = X if spec.expert_features is None else X[:, list(spec.expert_features)]
+    h = np.asarray(leaf_post, np.float64)
+    ok = np.ones(len(X), bool) if sample_weight is None else np.asarray(sample_weight) > 0
+    L, p = h.shape[1], Xe.shape[1]
+    lo, hi = np.empty((L, p)), np.empty((L, p))
+    top = np.argmax(h, axis=1)
+    for l in range(L):
+        rows = ok & (h[:, l] >= BOX_POSTERIOR)
+        if not rows.any():
+            rows = ok & (top == l)
+        if not rows.any():
+            rows = ok
+        lo[l], hi[l] = Xe[rows].min(axis=0), Xe[rows].max(axis=0)
+    return ExpertBox(lo, hi)

@@ -16,48 +16,77 @@ def _axes(ax, n=1, figsize=(6, 4)):
     return axs
 
 
-def gates_and_experts(est, X, feature=0, ax=None):
-    """Left: gate path probability of every leaf against ``X[:, feature]``; right: every expert's mean.
+#: An expert's line is drawn solid where its gate path probability is at least this, faint elsewhere.
+EXPERT_SHOWN_ABOVE = 0.1
 
-    Returns (ax_gates, ax_experts)."""
-    X = np.asarray(X)
-    order = np.argsort(X[:, feature])
-    xs = X[order, feature]
+
+def _column(est, X, feature):
+    """(sorted values of the plotted input, its label, X's rows in that order, the order): ``feature`` is a column
+    index or, for DataFrames and estimators fitted with feature names, a column name."""
+    names = getattr(est, "feature_names_in_", None)
+    if hasattr(X, "columns"):
+        names = list(X.columns)
+    if isinstance(feature, str):
+        if names is None or feature not in list(names):
+            raise ValueError(f"feature {feature!r} is not a column name; known names: {names}")
+        j = list(names).index(feature)
+    else:
+        j = int(feature)
+        n_cols = X.shape[1]
+        if not -n_cols <= j < n_cols:
+            raise ValueError(f"feature index {j} out of range for {n_cols} columns")
+    values = np.asarray(X.iloc[:, j] if hasattr(X, "iloc") else np.asarray(X)[:, j], dtype=float)
+    order = np.argsort(values, kind="stable")
+    X_sorted = X.iloc[order] if hasattr(X, "iloc") else np.asarray(X)[order]
+    label = str(names[j]) if names is not None else f"feature {j}"
+    return values[order], label, X_sorted, order
+
+
+def gates_and_experts(est, X, feature=0, ax=None):
+    """Left: gate path probability π_l(x) of every leaf against one input; right: every expert's mean μ_l(x),
+    solid where its leaf is reached (π_l ≥ ``EXPERT_SHOWN_ABOVE``) and faint where it only extrapolates.
+
+    ``X``: array or DataFrame; ``feature``: column index or name. Returns (ax_gates, ax_experts)."""
+    xs, label, X_sorted, order = _column(est, X, feature)
     ax = _axes(ax, 2, (11, 4))
     ax_g, ax_e = ax
-    pi = est.predict_leaf_proba(X)[order]
-    from .model import leaf_means
-
-    mu = np.asarray(leaf_means(est._spec, est._params_jax(), X.astype(est.params_.experts.coef.dtype)))[order, :, 0]
+    pi = est.predict_leaf_proba(X_sorted)
+    mu = est.predict_expert_mean(X_sorted)
+    if mu.ndim == 3:  # classifiers: the probability of the last class
+        mu = mu[..., -1]
     for l in range(pi.shape[1]):
-        ax_g.plot(xs, pi[:, l], label=f"leaf {l}")
-        ax_e.plot(xs, mu[:, l], label=f"leaf {l}")
-    ax_g.set(xlabel=f"feature {feature}", ylabel="gate path probability π_l(x)", ylim=(-0.02, 1.02), title="gates")
-    ax_e.set(xlabel=f"feature {feature}", ylabel="expert mean", title="experts")
+        line = ax_g.plot(xs, pi[:, l], label=f"leaf {l}")[0]
+        shown = np.where(pi[:, l] >= EXPERT_SHOWN_ABOVE, mu[:, l], np.nan)
+        ax_e.plot(xs, mu[:, l], color=line.get_color(), alpha=0.15, lw=1)
+        ax_e.plot(xs, shown, color=line.get_color(), lw=2, label=f"leaf {l}")
+    reached = mu[pi >= EXPERT_SHOWN_ABOVE]
+    if reached.size:
+        lo, hi = float(np.min(reached)), float(np.max(reached))
+        pad = 0.1 * (hi - lo) or 1.0
+        ax_e.set_ylim(lo - pad, hi + pad)
+    ax_g.set(xlabel=label, ylabel="gate path probability π_l(x)", ylim=(-0.02, 1.02), title="gates")
+    ax_e.set(xlabel=label, ylabel="expert mean", title=f"experts (solid where π_l ≥ {EXPERT_SHOWN_ABOVE:g})")
     ax_g.legend(fontsize="small")
     return ax_g, ax_e
 
 
 def predictive(est, X, y=None, feature=0, coverage=0.9, ax=None):
-    """Predictive mean and central ``coverage`` interval against ``X[:, feature]``, with the data."""
-    X = np.asarray(X)
-    order = np.argsort(X[:, feature])
+    """Predictive mean and central ``coverage`` interval against one input (index or name), with the data."""
+    xs, label, X_sorted, order = _column(est, X, feature)
     ax = _axes(ax)
-    xs = X[order, feature]
-    lo, hi = est.predict_interval(X[order], coverage=coverage)
+    lo, hi = est.predict_interval(X_sorted, coverage=coverage)
     ax.fill_between(xs, lo, hi, alpha=0.25, label=f"{int(100 * coverage)}% predictive interval")
-    ax.plot(xs, est.predict(X[order]), color="k", label="predictive mean")
+    ax.plot(xs, est.predict(X_sorted), color="k", label="predictive mean")
     if y is not None:
-        ax.scatter(X[:, feature], y, s=8, alpha=0.6, label="data")
-    ax.set(xlabel=f"feature {feature}", ylabel="y")
+        ax.scatter(xs, np.asarray(y)[order], s=8, alpha=0.6, label="data")
+    ax.set(xlabel=label, ylabel="y")
     ax.legend(fontsize="small")
     return ax
 
 
 def tree(est, X, ax=None):
     """The tree: each gate with its share of the samples and its strongest split input, each leaf with its share."""
-    X = np.asarray(X)
-    spec = est._spec
+    spec = est.spec_
     t = spec.tree
     ax = _axes(ax, figsize=(max(6, t.n_leaves * 0.9), 1.6 * (t.depth + 1)))
     share_leaf = est.predict_leaf_proba(X).mean(0)

@@ -117,7 +117,7 @@ class ModelSpec:
 
     @property
     def mixed_gates(self) -> bool:
-        """Different gate families on different levels (e.g. ``("softmax", "laplace")``: theory.md's SL)."""
+        """Different gate families on different levels (e.g. ``("softmax", "laplace")``: docs/theory.md's SL)."""
         return isinstance(self.gate, tuple)
 
     @property

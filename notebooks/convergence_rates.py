@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,7 +16,7 @@
 # %% [markdown]
 # # Convergence rates of parameter estimation: softmax vs Laplace vs Gaussian gating
 #
-# The theory (`../shared/theory.md` in the project; papers S2, S3, S7 and the HMoE paper arXiv 2410.02935)
+# The theory (`docs/theory.md`; papers S2, S3, S7 and the HMoE paper arXiv 2410.02935)
 # bounds a *Voronoi loss* between the fitted and the true mixing measure by the density-estimation rate, so
 # the loss decays like n^(-1/2) and each parameter at n^(-1/(2e)) where e is the exponent it carries in the loss:
 # exponent 1 everywhere when the model is exactly specified; in an over-specified cell of m atoms, r̄(m) = 4, 6

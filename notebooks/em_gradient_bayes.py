@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -97,8 +99,7 @@ nuts = hme.BayesianHMERegressor(depth=1, method="nuts", num_warmup=150 if SMALL 
                                 num_samples=150 if SMALL else 500, num_chains=2, random_state=0).fit(Xs, ys)
 svi = hme.BayesianHMERegressor(depth=1, method="svi", svi_steps=1000 if SMALL else 3000, random_state=0).fit(Xs, ys)
 print(f"NUTS: worst R-hat {nuts.rhat_:.3f}, smallest ESS {nuts.ess_:.0f}, divergences {nuts.divergences_}")
-for name, *rest in nuts.summary():
-    print(f"  {name:18s} mean {rest[0]:8.3f}  sd {rest[1]:7.3f}  ESS {rest[4]:6.0f}  R-hat {rest[5]:6.3f}")
+print(nuts.summary().round(3).to_string())
 
 fig, axs = plt.subplots(1, 2, figsize=(12, 4))
 order = np.argsort(Xs[:, 0])

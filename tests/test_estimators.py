@@ -6,6 +6,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -15,6 +16,9 @@ from sklearn.preprocessing import StandardScaler
 import hme
 from hme import HMEClassifier, HMERegressor
 from conftest import load_csv
+
+#: the (nearly) unpenalised maximum likelihood of the published references: the ridges of old
+ML = dict(alpha=1e-6, gate_alpha=1e-4, shrink_to="zero")
 
 
 def _toy_hme(n, rng):
@@ -35,9 +39,12 @@ def _toy_hme(n, rng):
 def test_fit_predict_equals_functional_core(rng):
     spec, truth, X, y = _toy_hme(500, rng)
     est = HMERegressor(depth=1, random_state=0).fit(X, y)
-    core = np.asarray(hme.predict_mean(est._spec, est._params_jax(), X))[:, 0]
+    box = (est.expert_input_min_, est.expert_input_max_)  # out_of_bounds="clip": each expert's own input range
+    core = np.asarray(hme.predict_mean(est.spec_, est.params_, X, expert_box=box))[:, 0]
     np.testing.assert_allclose(est.predict(X), core, rtol=1e-12)
-    np.testing.assert_allclose(est.log_likelihood(X, y), np.asarray(hme.log_likelihood(est._spec, est._params_jax(), X, y)), rtol=1e-12)
+    np.testing.assert_allclose(est.log_likelihood(X, y), np.asarray(hme.log_likelihood(est.spec_, est.params_, X, y, expert_box=box)), rtol=1e-12)
+    est.set_params(out_of_bounds="extrapolate")  # the parametric model everywhere
+    np.testing.assert_allclose(est.predict(X), np.asarray(hme.predict_mean(est.spec_, est.params_, X))[:, 0], rtol=1e-12)
     assert est.converged_ and est.n_iter_ == len(est.lower_bounds_) - 1
     assert np.all(np.diff(est.lower_bounds_) >= -1e-10 * np.abs(est.lower_bounds_[1:]))
 
@@ -69,7 +76,7 @@ def test_predict_std_matches_sampled_spread(rng):
 def test_information_criteria_match_hand_computation(rng):
     spec, truth, X, y = _toy_hme(300, rng)
     est = HMERegressor(depth=1, random_state=0).fit(X, y)
-    ll = est.log_likelihood(X, y).sum()
+    ll = est.set_params(out_of_bounds="extrapolate").log_likelihood(X, y).sum()  # the parametric model
     # gate: 1 free child x (2 slopes + bias) = 3; experts: 2 x (2 slopes + intercept) = 6; variances: 2
     k = 3 + 6 + 2
     np.testing.assert_allclose(est.bic(X, y), -2 * ll + k * np.log(300), rtol=1e-12)
@@ -81,14 +88,16 @@ def test_information_criteria_match_hand_computation(rng):
 
 def test_tonedata_through_the_estimator():
     d = load_csv("tonedata.csv")
-    est = HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000).fit(d[["stretchratio"]], d["tuned"])
+    # mixtools' hmeEM maximises the unpenalised likelihood: switch the default ridges off
+    est = HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000, **ML).fit(d[["stretchratio"]], d["tuned"])
     assert abs(est.log_likelihood_ - 142.848) < 1e-3
     assert list(est.feature_names_in_) == ["stretchratio"]
 
 
 def test_intercept_only_gate_by_feature_names():
     d = load_csv("CO2data.csv")
-    est = HMERegressor(depth=1, gate_features=[], expert_features=["GNP"], n_init=10, random_state=0, tol=1e-10, max_iter=5000)
+    est = HMERegressor(depth=1, gate_features=[], expert_features=["GNP"], n_init=10, random_state=0, tol=1e-10,
+                       max_iter=5000, **ML)
     est.fit(d[["GNP"]], d["CO2"])
     assert est.gate_coef_.shape == (1, 2, 0)
     assert abs(est.log_likelihood_ - (-66.93977)) < 1e-3
@@ -115,16 +124,48 @@ def test_dtype_is_preserved(dtype, rng):
 
 
 def test_saturated_float32_probabilities_stay_in_the_unit_interval():
-    """Well-separated classes in float32: the mixed probabilities round to 1 + 1 ulp unless clipped."""
+    """Well-separated classes in float32: summing mixed float32 probabilities rounds to 1 + 1 ulp, so the
+    probabilities are renormalised in float64 from the log-space mixture."""
     for seed in range(4):
         rng = np.random.default_rng(seed)
         X = (rng.normal(size=(60, 3)) * 100).astype(np.float32)
         y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = HMEClassifier(depth=1, gate="laplace", random_state=0, max_iter=50).fit(X, y).predict_proba(X)
-        assert p.dtype == np.float32 and np.all(p >= 0) and np.all(p <= 1)
-        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+            est = HMEClassifier(depth=1, gate="laplace", random_state=0, max_iter=50).fit(X, y)
+        p = est.predict_proba(X)
+        assert p.dtype == np.float64 and np.all(p >= 0) and np.all(p <= 1)
+        np.testing.assert_allclose(p.sum(1), 1.0, rtol=0, atol=1e-12)
+        assert np.all(np.isfinite(est.predict_log_proba(X)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gate", ["softmax", "laplace"])
+def test_breast_cancer_probabilities_are_proper(gate, dtype):
+    """Issue 12: predict_proba on breast_cancer returned 1.0000000000000018 and log_loss raised. Every entry
+    must lie in [0, 1], rows sum to 1 within 1e-12, and they must agree with the mixture formula
+    Σ_l π_l(x) p_l(c | x) computed here from the leaf outputs."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.metrics import log_loss
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = ((X - X.mean(0)) / X.std(0)).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = HMEClassifier(depth=1, gate=gate, random_state=0, n_candidates=2, max_iter=30).fit(X, y)
+    p = clf.predict_proba(X)
+    assert p.dtype == np.float64 and np.all(p >= 0) and np.all(p <= 1)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=0, atol=1e-12)
+    assert np.isfinite(log_loss(y, p))
+    clf.set_params(out_of_bounds="extrapolate")  # the parametric mixture, which the reference below computes
+    p = clf.predict_proba(X)
+    Xd = X.astype(np.float64)
+    eta = np.einsum("nf,lfk->nlk", Xd, clf.expert_coef_.astype(np.float64)) + clf.expert_intercept_
+    eta = np.concatenate([np.zeros(eta.shape[:2] + (1,)), eta], axis=2)
+    leaf = np.exp(eta - logsumexp(eta, axis=2, keepdims=True))
+    mix = np.einsum("nl,nlc->nc", clf.predict_leaf_proba(X).astype(np.float64), leaf)
+    np.testing.assert_allclose(p, mix, atol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), p, rtol=1e-12)
 
 
 def test_sklearn_tools_work(rng):

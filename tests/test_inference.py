@@ -1,6 +1,8 @@
 """Standard errors: the JAX observed information against finite differences and against the spread of
 estimates over simulated replicates; the canonical leaf order."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,7 @@ def _draw(spec, params, n, rng):
 def test_observed_information_matches_finite_differences(rng):
     spec, truth = _truth()
     X, y = _draw(spec, truth, 400, rng)
-    theta, names, info, _ = observed_information(spec, truth, X, y)
+    theta, names, info = observed_information(spec, truth, X, y)
     _, unflatten, _ = free_parameters(spec, truth)
     f = jax.jit(lambda th: hme.log_likelihood(spec, unflatten(th), X, y).sum())
     th = np.asarray(theta)
@@ -59,9 +61,9 @@ def test_standard_errors_match_replicate_spread(n_rep):
     for r in range(n_rep):
         X, y = _draw(spec, truth, 1500, rng)
         reg = hme.HMERegressor(depth=1, n_init=2, random_state=r, tol=1e-9, max_iter=1000).fit(X, y)
-        out = reg.summary(X, y, print_table=False)
-        est.append([row["estimate"] for row in out["table"]])
-        ses.append([row["std_err"] for row in out["table"]])
+        out = reg.summary(X, y)
+        est.append(out["estimate"].to_numpy())
+        ses.append(out["std_err"].to_numpy())
     est, ses = np.array(est), np.array(ses)
     ratio = est.std(0, ddof=1) / ses.mean(0)
     assert abs(np.median(ratio) - 1) < 0.15, ratio
@@ -82,16 +84,77 @@ def test_canonical_order_is_the_same_model_and_the_same_table(rng):
     # fits from different seeds that reach the same optimum print the same table
     a = hme.HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000).fit(X, y)
     b = hme.HMERegressor(depth=1, n_init=10, random_state=7, tol=1e-10, max_iter=2000).fit(X, y)
-    ta = a.summary(X, y, print_table=False)["table"]
-    tb = b.summary(X, y, print_table=False)["table"]
-    np.testing.assert_allclose([r["estimate"] for r in ta], [r["estimate"] for r in tb], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose([r["std_err"] for r in ta], [r["std_err"] for r in tb], rtol=1e-3)
+    ta, tb = a.summary(X, y), b.summary(X, y)
+    assert list(ta.index) == list(tb.index)
+    np.testing.assert_allclose(ta["estimate"], tb["estimate"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ta["std_err"], tb["std_err"], rtol=1e-3)
 
 
 def test_sandwich_and_observed_agree_when_the_model_is_right(rng):
     spec, truth = _truth()
     X, y = _draw(spec, truth, 3000, rng)
     reg = hme.HMERegressor(depth=1, n_init=2, random_state=0, tol=1e-9, max_iter=1000).fit(X, y)
-    obs = np.array([r["std_err"] for r in reg.summary(X, y, print_table=False)["table"]])
-    sand = np.array([r["std_err"] for r in reg.summary(X, y, se="sandwich", print_table=False)["table"]])
+    obs = reg.summary(X, y)["std_err"].to_numpy()
+    sand = reg.summary(X, y, se="sandwich")["std_err"].to_numpy()
     np.testing.assert_allclose(sand, obs, rtol=0.25)
+
+
+def test_summary_is_a_table_with_wald_intervals(rng):
+    """summary() returns a DataFrame (no printing) whose intervals are estimate ± z·SE, variances on the log
+    scale, and whose attrs carry the model-level numbers."""
+    spec, truth = _truth()
+    X, y = _draw(spec, truth, 800, rng)
+    reg = hme.HMERegressor(depth=1, n_init=2, random_state=0, tol=1e-9, max_iter=1000).fit(X, y)
+    t = reg.summary(X, y, ci_level=0.9)
+    assert list(t.columns) == ["estimate", "std_err", "z", "p_value", "ci_lower", "ci_upper"]
+    assert t.index[0] == "gate 0 child 1: bias" and t.index[-1] == "leaf 1: variance"
+    assert np.all(t["std_err"] > 0)
+    z90 = 1.6448536269514722
+    coef = ~t.index.str.endswith("variance")
+    np.testing.assert_allclose(t["ci_lower"][coef], (t["estimate"] - z90 * t["std_err"])[coef], rtol=1e-12)
+    np.testing.assert_allclose(t["z"][coef], (t["estimate"] / t["std_err"])[coef], rtol=1e-12)
+    var = t[~coef]
+    assert np.all(var["ci_lower"] > 0) and np.all(var["ci_lower"] < var["estimate"]) and np.all(var["z"].isna())
+    np.testing.assert_allclose(np.log(var["ci_upper"] / var["estimate"]), z90 * var["std_err"] / var["estimate"], rtol=1e-12)
+    assert t.attrs["log_likelihood"] == pytest.approx(float(reg.log_likelihood(X, y).sum()))
+    assert t.attrs["bic"] == pytest.approx(reg.bic(X, y)) and t.attrs["not_identified"] == []
+    np.testing.assert_allclose(np.sqrt(np.diag(t.attrs["covariance"])), t["std_err"], rtol=1e-12)
+
+
+def test_parameters_the_data_do_not_identify_get_nan_and_a_warning(rng):
+    """A duplicated input column: only the sum of its two expert slopes is identified. The pseudo-inverse used
+    before gave each half the SE of the sum; now both are NaN, named in a warning, and every other parameter keeps
+    the SE of the fit without the duplicate (the same model)."""
+    spec, truth = _truth()
+    X, y = _draw(spec, truth, 800, rng)
+    X2 = np.column_stack([X, rng.normal(size=len(X))])
+    X3 = np.column_stack([X2, X2[:, 1]])  # column 2 duplicates column 1
+    # (nearly) no ridge: with the default ridges the prior identifies every coefficient, duplicates included
+    kw = dict(depth=1, n_init=2, random_state=0, tol=1e-10, max_iter=2000, gate_features=[0], alpha=1e-12,
+              gate_alpha=1e-12, shrink_to="zero")
+    ref = hme.HMERegressor(**kw).fit(X2, y)
+    dup = hme.HMERegressor(**kw).fit(X3, y)
+    with pytest.warns(hme.NotIdentifiedWarning, match="leaf 0: x1.*leaf 0: x2"):
+        t = dup.summary(X3, y)
+    bad = t.index[t["std_err"].isna()]
+    assert sorted(bad) == ["leaf 0: x1", "leaf 0: x2", "leaf 1: x1", "leaf 1: x2"]
+    assert t.attrs["not_identified"] == list(bad)
+    assert not np.any(t["std_err"] == 0)
+    r = ref.summary(X2, y)
+    common = [nm for nm in r.index if nm in t.index and nm not in bad]
+    np.testing.assert_allclose(t.loc[common, "std_err"], r.loc[common, "std_err"], rtol=2e-3)
+
+
+def test_summary_of_diabetes_depth_2_has_no_zero_standard_errors():
+    """Issue 12: 14 of 81 standard errors were exactly 0 (a clipped pseudo-inverse of a singular information)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    reg = hme.HMERegressor(depth=2, random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hme.NotIdentifiedWarning)
+        t = reg.summary(X, y)
+    assert len(t) == 81
+    se = t["std_err"].to_numpy()
+    assert not np.any(se == 0)
+    assert np.all(np.isfinite(se) == ~t.index.isin(t.attrs["not_identified"]))

@@ -112,7 +112,11 @@ def test_depth_one_tree_is_flat_mixture(rng):
 def test_predict_proba_sums_to_one(rng):
     spec = hme.ModelSpec(hme.TreeSpec.complete(2, 2), n_features=3, expert="categorical", n_targets=3)
     params = random_params(spec, rng)
-    p = np.asarray(hme.predict_proba(spec, params, rng.normal(size=(10, 3))))
-    assert p.shape == (10, 3)
-    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-10)
+    X = rng.normal(size=(10, 3))
+    p = np.asarray(hme.predict_proba(spec, params, X))
+    assert p.shape == (10, 3) and p.dtype == np.float64
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=0, atol=1e-12)
     assert np.all(p > 0)
+    # the log-space mixture equals the probability-space one, Σ_l π_l(x) p_l(c | x)
+    np.testing.assert_allclose(p, np.asarray(hme.predict_mean(spec, params, X)), rtol=1e-10)
+    np.testing.assert_allclose(np.exp(np.asarray(hme.predict_log_proba(spec, params, X))), p, rtol=1e-10)

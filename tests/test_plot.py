@@ -36,3 +36,28 @@ def test_plots_draw_the_model():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_plots_take_column_names_and_dataframes():
+    """Issue 12: ``feature="bmi"`` raised IndexError and DataFrames raised feature-name warnings (errors here).
+    The experts panel draws each expert solid only where its leaf is reached (π_l ≥ EXPERT_SHOWN_ABOVE)."""
+    import matplotlib.pyplot as plt
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    reg = hme.HMERegressor(depth=1, random_state=0, n_candidates=4).fit(X, y)
+    ax_g, ax_e = plot.gates_and_experts(reg, X, feature="bmi")
+    order = np.argsort(X["bmi"].to_numpy(), kind="stable")
+    assert ax_g.get_xlabel() == "bmi"
+    np.testing.assert_allclose(ax_g.lines[0].get_xdata(), X["bmi"].to_numpy()[order])
+    pi = reg.predict_leaf_proba(X)[order]
+    mu = reg.predict_expert_mean(X)[order]
+    solid = [ln for ln in ax_e.lines if ln.get_label() == "leaf 0"][0]
+    expect = np.where(pi[:, 0] >= plot.EXPERT_SHOWN_ABOVE, mu[:, 0], np.nan)
+    np.testing.assert_allclose(np.asarray(solid.get_ydata(), float), expect)
+    ax = plot.predictive(reg, X, y, feature="bmi")
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), reg.predict(X.iloc[order]))
+    with np.testing.assert_raises_regex(ValueError, "not a column name"):
+        plot.predictive(reg, X, y, feature="nope")
+    plot.tree(reg, X)
+    plt.close("all")

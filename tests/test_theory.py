@@ -53,7 +53,7 @@ def test_loss_is_the_infimum_over_the_gates_translations(gate, rng):
 
 
 def test_a_split_reference_expert_scores_near_zero_not_one():
-    """theory.md §6.3: a perfect over-specified softmax fit that splits the reference expert (intercepts 0, 0)."""
+    """docs/theory.md §6.3: a perfect over-specified softmax fit that splits the reference expert (intercepts 0, 0)."""
     truth = T.softmax_s3().atoms()
     ref = truth.take([0, 0, 1])  # reference copied twice, both with weight e^0 = 1 ...
     ref.weight[2] *= 2  # ... and the other expert's intercept -8 + log 2: the same conditional density as the truth

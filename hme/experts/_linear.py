@@ -9,7 +9,20 @@ def theta(experts):
 
 
 def linear_predictor(experts, design):
-    """``design @ theta`` for all leaves in one GEMM: (n, L, k)."""
+    """``design @ theta`` for all leaves: (n, L, k). ``design`` is (n, q), shared by the leaves (one GEMM), or
+    (n, L, q), one design per leaf (inputs clipped to each expert's own box at prediction)."""
     th = theta(experts)
     L, q, k = th.shape
+    if design.ndim == 3:
+        return jnp.einsum("nlq,lqk->nlk", design, th)
     return (design @ th.transpose(1, 0, 2).reshape(q, L * k)).reshape(design.shape[0], L, k)
+
+
+def ridge_columns(alpha, q, dtype):
+    """The expert ridge per design column, (q,): ``alpha`` (scalar or (q,)) with the intercept column free."""
+    return jnp.broadcast_to(jnp.asarray(alpha, dtype), (q,)).at[0].set(0.0)
+
+
+def slope_deviation(coef, target):
+    """``coef - target``: (L, p, k) slopes minus the ridge's centre (p, k); the slopes themselves for no target."""
+    return coef if target is None else coef - jnp.asarray(target, coef.dtype)[None]

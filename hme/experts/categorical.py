@@ -12,7 +12,7 @@ import numpy as np
 
 from .._logit import logit_m_step, masked_log_softmax
 from ..params import ExpertParams
-from ._linear import linear_predictor
+from ._linear import linear_predictor, ridge_columns, slope_deviation
 
 
 def _theta(experts):
@@ -36,18 +36,29 @@ def mean(spec, experts, design):
     return jnp.exp(_log_probs(experts, design))
 
 
-def penalty(spec, experts, alpha):
-    return 0.5 * alpha * jnp.sum(experts.coef**2)
+def log_mean(spec, experts, design):
+    """Per-leaf log class probabilities log p_l(y = c | x), (n, L, C)."""
+    return _log_probs(experts, design)
+
+
+def penalty(spec, experts, alpha, target=None):
+    dev = slope_deviation(experts.coef, target)  # (L, p, C-1)
+    return 0.5 * jnp.einsum("lpc,p->", dev**2, ridge_columns(alpha, dev.shape[1] + 1, dev.dtype)[1:])
 
 
 def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
     q = design.shape[1]
     L = leaf_w.shape[1]
     C = y.shape[1]
-    pen = jnp.full((q,), opts.alpha, design.dtype).at[0].set(0.0)
+    pen = ridge_columns(opts.alpha, q, design.dtype)
     targets = leaf_w[:, :, None] * y[:, None, :]
     totals = leaf_w * jnp.sum(y, 1)[:, None]
     mask = np.ones((L, C), bool)
-    th = logit_m_step(design, _theta(experts), aux, targets, totals, mask, pen, solver, leaf_gram)
+    centre = None
+    if opts.coef_target is not None:  # (p, C-1) slopes -> (1, C, q) with the reference class and intercept 0
+        t = jnp.asarray(opts.coef_target, design.dtype).T  # (C-1, p)
+        t = jnp.concatenate([jnp.zeros((C - 1, 1), design.dtype), t], 1)
+        centre = jnp.concatenate([jnp.zeros((1, q), design.dtype), t], 0)[None]
+    th = logit_m_step(design, _theta(experts), aux, targets, totals, mask, pen, solver, leaf_gram, center=centre)
     th = th[:, 1:, :].transpose(0, 2, 1)  # (L, q, C-1)
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)

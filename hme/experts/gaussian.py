@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from .. import batched_linalg
 from .._linalg import solve_psd
 from ..params import ExpertParams
-from ._linear import linear_predictor
+from ._linear import linear_predictor, ridge_columns, slope_deviation
 
 
 def _chol_inverse(cov):
@@ -47,13 +47,16 @@ def mean(spec, experts, design):
     return linear_predictor(experts, design)
 
 
-def penalty(spec, experts, alpha):
-    slopes = experts.coef  # (L, p, m)
-    if slopes.shape[1] == 0:
+def penalty(spec, experts, alpha, target=None):
+    """``½ Σ_l tr(Σ_l⁻¹ (B_l - T)ᵀ diag(α) (B_l - T))`` over the slopes (T = ``target``, default 0)."""
+    slopes = slope_deviation(experts.coef, target)  # (L, p, m)
+    p = slopes.shape[1]
+    if p == 0:
         return jnp.zeros((), experts.intercept.dtype)
-    bb = jnp.einsum("lpi,lpj->lij", slopes, slopes)
+    a = ridge_columns(alpha, p + 1, slopes.dtype)[1:]
+    bb = jnp.einsum("lpi,p,lpj->lij", slopes, a, slopes)
     prec = batched_linalg.inv_psd(experts.cov)
-    return 0.5 * alpha * jnp.einsum("lij,lji->", prec, bb)
+    return 0.5 * jnp.einsum("lij,lji->", prec, bb)
 
 
 def _floor_cov(cov, var_floor, kind):
@@ -80,14 +83,17 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
     L = leaf_w.shape[1]
     m = y.shape[1]
     dtype = design.dtype
-    pen = jnp.full((q,), opts.alpha, dtype).at[0].set(0.0)
+    pen = ridge_columns(opts.alpha, q, dtype)
     rhs = (design.T @ (leaf_w[:, :, None] * y[:, None, :]).reshape(n, L * m)).reshape(q, L, m).transpose(1, 0, 2)
+    if opts.coef_target is not None:  # ridge towards T: (G + P) B = Dᵀ H y + P T
+        pull = pen[1:, None] * jnp.asarray(opts.coef_target, dtype)  # (p, m)
+        rhs = rhs + jnp.concatenate([jnp.zeros((1, m), dtype), pull], 0)[None]
     th = solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
     new = ExpertParams(th[:, 0, :], th[:, 1:, :], experts.cov)
     r = y[:, None, :] - linear_predictor(new, design)
     scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
-    slopes = th[:, 1:, :]
-    scatter = scatter + opts.alpha * jnp.einsum("lpi,lpj->lij", slopes, slopes)
+    dev = slope_deviation(th[:, 1:, :], opts.coef_target)
+    scatter = scatter + jnp.einsum("lpi,p,lpj->lij", dev, pen[1:], dev)
     mass = jnp.sum(leaf_w, 0)
     tiny = jnp.finfo(dtype).tiny
     if spec.shared_covariance:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .._linalg import newton_ascent, solve_psd, weighted_gram
 from ..params import ExpertParams
-from ._linear import linear_predictor, theta
+from ._linear import linear_predictor, ridge_columns, slope_deviation, theta
 
 
 def log_prob(spec, experts, design, y):
@@ -24,8 +24,9 @@ def mean(spec, experts, design):
     return jnp.exp(linear_predictor(experts, design))
 
 
-def penalty(spec, experts, alpha):
-    return 0.5 * alpha * jnp.sum(experts.coef**2)
+def penalty(spec, experts, alpha, target=None):
+    dev = slope_deviation(experts.coef, target)  # (L, p, m)
+    return 0.5 * jnp.einsum("lpm,p->", dev**2, ridge_columns(alpha, dev.shape[1] + 1, dev.dtype)[1:])
 
 
 def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
@@ -33,11 +34,15 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
     L = leaf_w.shape[1]
     m = y.shape[1]
     dtype = design.dtype
-    pen = jnp.full((q,), opts.alpha, dtype).at[0].set(0.0)
+    pen = ridge_columns(opts.alpha, q, dtype)
     th = theta(experts).transpose(0, 2, 1).reshape(L * m, q)  # units (leaf, output)
+    centre = jnp.zeros((L * m, q), dtype)
+    if opts.coef_target is not None:  # (p, m) -> per unit (leaf, output)
+        t = jnp.concatenate([jnp.zeros((1, m), dtype), jnp.asarray(opts.coef_target, dtype)], 0).T  # (m, q)
+        centre = jnp.tile(t, (L, 1))
     mu = jnp.exp(aux)  # (n, L, m)
     resid = (leaf_w[:, :, None] * (y[:, None, :] - mu)).reshape(n, L * m)
-    grad = (design.T @ resid).T - pen * th
+    grad = (design.T @ resid).T - pen * (th - centre)
     curv = weighted_gram(design, (leaf_w[:, :, None] * mu).reshape(n, L * m)) + jnp.diag(pen)
     step = solve_psd(curv, grad)
     w = leaf_w
@@ -45,10 +50,10 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
     def objective(t):
         eta = design @ t.T  # (n, L*m)
         ll = (y[:, None, :] * eta.reshape(n, L, m) - jnp.exp(eta.reshape(n, L, m))).reshape(n, L * m)
-        return jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll) - 0.5 * jnp.einsum("uq,q->u", t**2, pen)
+        return jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll) - 0.5 * jnp.einsum("uq,q->u", (t - centre)**2, pen)
 
     ll0 = (y[:, None, :] * aux - mu).reshape(n, L * m)
-    f0 = jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll0) - 0.5 * jnp.einsum("uq,q->u", th**2, pen)
+    f0 = jnp.einsum("nu,nu->u", jnp.repeat(w, m, axis=1), ll0) - 0.5 * jnp.einsum("uq,q->u", (th - centre)**2, pen)
     th, _ = newton_ascent(th, step, objective, f0)
     th = th.reshape(L, m, q).transpose(0, 2, 1)
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)

@@ -1,4 +1,4 @@
-"""Numerical checks of the convergence theory of (hierarchical) mixtures of experts (``../shared/theory.md``).
+"""Numerical checks of the convergence theory of (hierarchical) mixtures of experts (``docs/theory.md``).
 
 * :mod:`~hme.theory.voronoi` -- Voronoi cells and losses (exact / over-specified, translation infimum);
 * :mod:`~hme.theory.truths` -- the papers' true models (S3 softmax, FuseMoE Laplace, S7 Gaussian, HMoE SS/SL/LL);

@@ -1,4 +1,4 @@
-r"""EM's own convergence rate (Jordan & Xu 1995; theory.md §3.6).
+r"""EM's own convergence rate (Jordan & Xu 1995; docs/theory.md §3.6).
 
 Near a strict local maximum θ̂ one EM step is a contraction ``θ_{k+1} - θ̂ ≈ J (θ_k - θ̂)`` with ``J = ∂M/∂θ (θ̂)``
 the Jacobian of the EM map M, so ``‖θ_k - θ̂‖`` decays like ``ρ^k`` with ``ρ`` the spectral radius of J. Two

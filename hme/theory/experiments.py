@@ -1,5 +1,5 @@
 r"""Rate experiments: fit many replicates per sample size with the core's EM, score them with Voronoi losses, and
-fit log-log slopes (theory.md §5, §6).
+fit log-log slopes (docs/theory.md §5, §6).
 
 For every sample size n the replicates' data sets are padded to one bucket (zero-weight rows) and all
 replicates x restarts are fitted in one compiled, vmapped EM (float64). Starts are *near the truth* as in the
@@ -181,12 +181,12 @@ def plan(experiment: str, quick: bool = False, restarts: int | None = None, max_
         settings = [Setting("K=2 (exact)", "exact", 2), Setting("K=3 (over)", "over", 3, 1 if quick else 3)]
     elif experiment == "gaussian-flat":
         truths = [T.gaussian_s7(1)] if quick else [T.gaussian_s7(m) for m in (1, 2, 3, 4)]
-        # S7's protocol: near-truth starts, no restarts, EM tolerance 1e-5 (theory.md §5.2)
+        # S7's protocol: near-truth starts, no restarts, EM tolerance 1e-5 (docs/theory.md §5.2)
         settings = [Setting("K=3 (exact)", "exact", 3), Setting("K=4 (over)", "over", 4, 1)] + (
             [] if quick else [Setting("K=5 (over)", "over", 5, 1)])
     elif experiment == "hmoe":
         truths = [T.hmoe(k) for k in ("SS", "SL", "LL")]
-        # one near-truth start per fit keeps the full run under 30 minutes (theory.md §6.2 suggests 5 restarts:
+        # one near-truth start per fit keeps the full run under 30 minutes (docs/theory.md §6.2 suggests 5 restarts:
         # `hme rates hmoe --restarts 3` takes about an hour)
         settings = [Setting("k2=(2,2) (exact)", "exact", (2, 2)), Setting("k2=(3,2) (over, |A|=2)", "over", (3, 2), 1)] + (
             [] if quick else [Setting("k2=(4,2) (over, |A|=3)", "over", (4, 2), 1)])
@@ -231,7 +231,7 @@ def _score(truth, setting, params) -> dict:
 
 
 def theory_slope(truth, setting, quantity: str) -> float | None:
-    """Predicted slope of a loss or a per-parameter error (theory.md §2, §4.4): -1/(2 e) for exponent e."""
+    """Predicted slope of a loss or a per-parameter error (docs/theory.md §2, §4.4): -1/(2 e) for exponent e."""
     if quantity == "D" or quantity.startswith("weight") or quantity == "outer_gate":
         return -0.5
     name, _, tag = quantity.rpartition("_")
@@ -242,7 +242,7 @@ def theory_slope(truth, setting, quantity: str) -> float | None:
         fam = truth.inner
         e = exponents(fam, m)
         if truth.outer == "softmax" and truth.inner == "laplace" and name == "slope":
-            e = exponents("softmax", m)  # SL: no gain claimed for the expert slope (theory.md §4.4, low confidence)
+            e = exponents("softmax", m)  # SL: no gain claimed for the expert slope (docs/theory.md §4.4, low confidence)
     else:
         m = setting.k_fit - truth.k + 1  # one over-specified cell holding all extra atoms, at most
         m = min(m, 3)

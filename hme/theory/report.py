@@ -46,7 +46,7 @@ def to_markdown(results: dict) -> str:
     lines.append(f"n grid: {results['n']}; {results['replicates']} replicates per n; EM capped at "
                  f"{results.get('max_iter', '?')} iterations, tolerance {results.get('tol', '?')}; {results['seconds']:.0f} s.")
     lines.append("Slopes: OLS of log(mean loss) on log n, 95% bootstrap interval over replicates. "
-                 "Theory: -1/(2e) for a loss exponent e (theory.md §2, §4.4).")
+                 "Theory: -1/(2e) for a loss exponent e (docs/theory.md §2, §4.4).")
     lines.append("")
     lines += _start_table(results)
     for r in results["results"]:

@@ -1,4 +1,4 @@
-"""True models of the rate experiments (theory.md §5, §6.2), as core specs and parameters, with samplers.
+"""True models of the rate experiments (docs/theory.md §5, §6.2), as core specs and parameters, with samplers.
 
 Every truth converts between the core's parameters (child 0 of a softmax gate is the reference with slope and
 intercept 0) and the mixing measures of :mod:`hme.theory.voronoi`.
@@ -99,7 +99,7 @@ def flat_atoms(gate: str, params: HMEParams, index: int = 0, leaves=None) -> Ato
 
 
 def softmax_s3() -> FlatTruth:
-    """S3 (theory.md §5.1): P(expert 1 | x) = σ(-8 + 25x); experts 15 - 20x (ν 0.09) and -5 + 20x (ν 0.16).
+    """S3 (docs/theory.md §5.1): P(expert 1 | x) = σ(-8 + 25x); experts 15 - 20x (ν 0.09) and -5 + 20x (ν 0.16).
 
     Child 0 is S3's reference expert 2."""
     return FlatTruth(
@@ -111,7 +111,7 @@ def softmax_s3() -> FlatTruth:
 
 
 def laplace_fusemoe() -> FlatTruth:
-    """FuseMoE-style flat Laplace truth (theory.md §5.3), k* = 2, d = 1, X ~ U[0, 1].
+    """FuseMoE-style flat Laplace truth (docs/theory.md §5.3), k* = 2, d = 1, X ~ U[0, 1].
 
     FuseMoE draws the keys from N(0, 0.01); in d = 1 such keys lie left of the data, where
     ``|W - x| = x - W`` makes the gate constant in x and the keys unidentifiable, so the keys here are fixed
@@ -125,9 +125,9 @@ def laplace_fusemoe() -> FlatTruth:
 
 
 def gaussian_s7(model: int = 1) -> FlatTruth:
-    """S7 (theory.md §5.2) Gaussian-gated truth, k* = 3; model 1/2: d = 1, 3/4: d = 2; models 2, 4: type II (c*_1 = 0).
+    """S7 (docs/theory.md §5.2) Gaussian-gated truth, k* = 3; model 1/2: d = 1, 3/4: d = 2; models 2, 4: type II (c*_1 = 0).
 
-    ν* is not recorded in theory.md (it lives in the authors' ``models.py``): (0.01, 0.02, 0.015) here."""
+    ν* is not stated in docs/theory.md's sources we could read (it lives in the authors' ``models.py``): (0.01, 0.02, 0.015) here."""
     if model not in (1, 2, 3, 4):
         raise ValueError("model must be 1, 2, 3 or 4")
     d = 1 if model in (1, 2) else 2
@@ -145,7 +145,7 @@ def gaussian_s7(model: int = 1) -> FlatTruth:
     return FlatTruth(f"S7 Gaussian gate, model {model}", "gaussian", _np_params(np.log(pi)[None], means, b, coef, nu, covs), design="joint")
 
 
-# -- two-level truths (theory.md §6.2; a design of ours, not the HMoE paper's) --------------------------
+# -- two-level truths (docs/theory.md §6.2; a design of ours, not the HMoE paper's) --------------------------
 
 
 @dataclass(frozen=True)

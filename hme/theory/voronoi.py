@@ -1,4 +1,4 @@
-r"""Voronoi losses between a fitted and a true mixing measure (theory.md §1.5, §4.4, §6.3).
+r"""Voronoi losses between a fitted and a true mixing measure (docs/theory.md §1.5, §4.4, §6.3).
 
 A flat mixture of experts with k atoms is the mixing measure ``G = Σ_i w_i δ_{θ_i}`` with weights
 ``w_i = exp(gate intercept)`` (Gaussian gates: ``π_i``) and atoms ``θ_i = (gate, a_i, b_i, ν_i)``: the gate slope
@@ -210,7 +210,7 @@ class TwoLevelAtoms:
 
 
 def two_level_loss(fit: TwoLevelAtoms, truth: TwoLevelAtoms, outer_gate: str, inner_gate: str) -> dict:
-    """Total loss of theory.md §4.4 with the outer level exactly specified.
+    """Total loss of docs/theory.md §4.4 with the outer level exactly specified.
 
     ``D = Σ_j1 |w_j1 - w*_j1| + Σ_j1 w_j1 ‖Δa_j1‖ + Σ_j1 w_j1 · D_inner(group j1)``: groups are matched by the
     Voronoi cells of their outer gate parameters (an empty or doubly-filled outer cell is a failure), the outer
