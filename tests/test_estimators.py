@@ -315,3 +315,26 @@ def test_degenerate_fits_are_reported(rng):
     res = hme.fit_em(spec, X, y, init_params=shut, max_iter=1)
     counts = np.asarray(res.restart_leaf_count)[0]
     assert counts[0] < 1.0 and counts[1] == pytest.approx(300.0, rel=1e-9)
+
+
+def test_selector_never_returns_a_degenerate_fit_silently(rng):
+    """Noise-free data: every expert interpolates its points and sits on var_floor, so every candidate is
+    degenerate; the selector returns the best by BIC and says so. On mcycle (issue 12's notebook case) the
+    chosen candidate is healthy whenever a healthy one exists."""
+    X = rng.uniform(size=(60, 1))
+    y = 2.0 * X[:, 0] + 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(hme.DegenerateFitWarning, match="every candidate fit is degenerate"):
+            sel = hme.HMESelector(depth=(1, 2), n_init=1, random_state=0).fit(X, y)
+    assert all(sel.results_["degenerate"])
+    assert sel.best_index_ == int(np.argmin(sel.results_["bic"]))
+    Xm, ym = hme.datasets.load_mcycle()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sel = hme.HMESelector(HMERegressor(gate_alpha=1e-4, alpha=1e-6, shrink_to="zero", max_iter=300),
+                              depth=(1, 2, 3), gate=("softmax", "laplace"), n_init=2, random_state=0).fit(Xm, ym)
+    healthy = sel.results_["degenerate"] == ""
+    assert healthy.any()
+    assert healthy[sel.best_index_]
+    assert sel.results_["bic"][sel.best_index_] == np.min(sel.results_["bic"][healthy])
