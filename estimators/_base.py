@@ -149,13 +149,17 @@ class _HMEBase(BaseEstimator):
             )
         return k
 
+    def _auto_strength(self, spec) -> float:
+        """What ``alpha="auto"`` stands for with this tree."""
+        return self._auto_alpha
+
     def _expert_ridge(self, X, Y, sample_weight, spec):
         """(α per expert feature, target slopes or None): the ridge ``alpha`` on the standardised scale,
         α_j = alpha · Var(x_j), pulling towards the pooled fit (``shrink_to="pooled"``; itself fitted with the
         ridge POOLED_ALPHA, LogisticRegression's default C = 1, so separable classes stay finite) or towards 0."""
         from hme.pooled import pooled_slopes
 
-        strength = self._auto_alpha if isinstance(self.alpha, str) else float(self.alpha)
+        strength = self._auto_strength(spec) if isinstance(self.alpha, str) else float(self.alpha)
         Xe = np.asarray(X, np.float64)
         if spec.expert_features is not None:
             Xe = Xe[:, list(spec.expert_features)]

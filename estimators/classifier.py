@@ -18,8 +18,9 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
 
     Parameters are those of :class:`HMERegressor` without the Gaussian options. Labels may be strings,
     integers or booleans; ``classes_`` holds them in sorted order, and class 0 of every expert is the reference.
-    The default regularisation is ``LogisticRegression()``'s (C = 1) on the standardised inputs for every expert
-    and every gate: ``alpha="auto"`` is 1 with ``shrink_to="zero"``, ``gate_alpha="auto"`` is 1.
+    The default regularisation follows ``LogisticRegression()`` (C = 1) on the standardised inputs: every gate
+    gets its ridge (``gate_alpha="auto"`` is 1), and the experts share it (``alpha="auto"`` is 1 / n_leaves each,
+    with ``shrink_to="zero"``).
 
     Attributes
     ----------
@@ -27,7 +28,10 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
     expert_intercept_ (n_leaves, n_classes - 1), n_iter_, converged_, lower_bound_, lower_bounds_
     """
 
-    _auto_alpha = 1.0
+    def _auto_strength(self, spec) -> float:
+        """``LogisticRegression()``'s ridge (C = 1) shared by the experts: 1 / n_leaves each, so that the prior
+        of the whole mixture has LogisticRegression's total precision (one leaf: exactly its penalty)."""
+        return 1.0 / spec.tree.n_leaves
 
     def __init__(
         self,
