@@ -91,6 +91,11 @@ def test_bayesian_classifier_probabilities():
     y = np.where(X[:, 0] > 0, X[:, 1] > 0.5, X[:, 1] < -0.5)
     b = hme.BayesianHMEClassifier(depth=1, method="svi", svi_steps=1500, num_samples=200, random_state=0).fit(X, y)
     P = b.predict_proba(X)
-    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-9)
+    assert P.dtype == np.float64 and np.all((P >= 0) & (P <= 1))
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     assert list(b.classes_) == [False, True]
+    t = b.summary()  # labelled rows, named as the point estimate's summary() (issue 12)
+    assert list(t.columns) == ["mean", "sd", "ci_lower", "ci_upper", "n_eff", "r_hat"]
+    assert list(t.index) == list(b.point_estimate_.summary(X, y).index)
+    assert np.all(t["ci_lower"] <= t["mean"]) and np.all(t["mean"] <= t["ci_upper"])
     assert b.score(X, y) > 0.85
