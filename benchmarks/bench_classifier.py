@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_real_data import parse_params  # noqa: E402  (one parser for both benchmarks' --params)
 SETS = ("breast_cancer", "wine", "iris", "digits")
 TARGET_RATIO = 1.25
 
@@ -51,18 +53,6 @@ def cv_scores(model, X, y, folds: int = 5):
         losses.append(log_loss(y[te], p, labels=np.unique(y)))
         accs.append(accuracy_score(y[te], pipe.classes_[np.argmax(p, 1)]))
     return np.array(losses), np.array(accs), warned
-
-
-def parse_params(text: str) -> dict:
-    """``"alpha=1,gate_alpha=0.5"`` -> {"alpha": 1.0, "gate_alpha": 0.5} (numbers where they parse)."""
-    out = {}
-    for item in filter(None, (text or "").split(",")):
-        k, v = item.split("=")
-        try:
-            out[k] = int(v) if v.isdigit() else float(v)
-        except ValueError:
-            out[k] = v
-    return out
 
 
 def run(sets, depths, params=None, log=print):

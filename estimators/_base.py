@@ -61,6 +61,17 @@ def _degeneracy(counts, collapsed):
     return "; ".join(reasons)
 
 
+def _input_variances(X, sample_weight, features) -> np.ndarray:
+    """Weighted variance of each input in ``features`` (all when None); 1 for a constant input."""
+    Xs = np.asarray(X, np.float64)
+    if features is not None:
+        Xs = Xs[:, list(features)]
+    w = np.asarray(sample_weight, np.float64)
+    w = w / w.sum()
+    var = w @ (Xs - w @ Xs) ** 2 if Xs.shape[1] else np.zeros(0)
+    return np.where(var > 0, var, 1.0)
+
+
 def _precision(dtype):
     """Run the core in the input's precision without flipping the global x64 flag."""
     if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
@@ -160,17 +171,10 @@ class _HMEBase(BaseEstimator):
         from hme.pooled import pooled_slopes
 
         strength = self._auto_strength(spec) if isinstance(self.alpha, str) else float(self.alpha)
-        Xe = np.asarray(X, np.float64)
-        if spec.expert_features is not None:
-            Xe = Xe[:, list(spec.expert_features)]
-        w = np.asarray(sample_weight, np.float64)
-        w = w / w.sum()
-        var = w @ (Xe - w @ Xe) ** 2 if Xe.shape[1] else np.zeros(0)
-        a = strength * np.where(var > 0, var, 1.0)
+        var = _input_variances(X, sample_weight, spec.expert_features)
         if self.shrink_to == "zero" or strength == 0:
-            return a, None
-        var = np.where(var > 0, var, 1.0)
-        return a, pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
+            return strength * var, None
+        return strength * var, pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
 
     def _gate_ridge(self, X, sample_weight, spec):
         """``gate_alpha`` for the core: a number as given, or "auto": γ·[1, Var(x_1), ...] for softmax gates (a
@@ -179,13 +183,7 @@ class _HMEBase(BaseEstimator):
             return float(self.gate_alpha)
         if spec.gate != "softmax":
             return AUTO_GATE_ALPHA
-        Xg = np.asarray(X, np.float64)
-        if spec.gate_features is not None:
-            Xg = Xg[:, list(spec.gate_features)]
-        w = np.asarray(sample_weight, np.float64)
-        w = w / w.sum()
-        var = w @ (Xg - w @ Xg) ** 2 if Xg.shape[1] else np.zeros(0)
-        return AUTO_GATE_ALPHA * np.concatenate([[1.0], np.where(var > 0, var, 1.0)])
+        return AUTO_GATE_ALPHA * np.concatenate([[1.0], _input_variances(X, sample_weight, spec.gate_features)])
 
     def _fit_core(self, X, Y, sample_weight, spec, var_floor=None):
         rs = check_random_state(self.random_state)
