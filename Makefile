@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/hme/jax
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/hme demo
+
+# ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade and NumPy rules, line length 120 (pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Two workers: the suite is dominated by XLA compilation, which runs on one core per program.
 # The per-test watchdog (pytest-timeout, set in pyproject.toml) fails a hung test with its traceback instead

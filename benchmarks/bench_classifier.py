@@ -23,6 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_real_data import parse_params  # noqa: E402  (one parser for both benchmarks' --params)
+
 SETS = ("breast_cancer", "wine", "iris", "digits")
 TARGET_RATIO = 1.25
 
@@ -90,21 +91,26 @@ def to_markdown(rows, depths, argv) -> str:
                            for d in depths)
         lines.append(f"| {r['set']} | {r['n']} | {r['d']} | {r['classes']} | {lr:.4f} ({r['lr'][1].mean():.3f}) | "
                      f"{cells} | {'yes' if ok else '**no**'} |")
-    return "\n".join([
-        "# Default HMEClassifier against LogisticRegression: held-out log-loss",
-        "",
-        f"Written by `python benchmarks/{os.path.basename(__file__)} {' '.join(argv)}`.".replace(" `.", "`."),
-        "",
-        "Mean 5-fold stratified cross-validated log-loss (shuffled, seed 0) of `make_pipeline(StandardScaler(), model)`:",
-        "`LogisticRegression()` (C = 1) and `HMEClassifier(depth=d, random_state=0)` with its defaults; accuracy and",
-        "the number of the five fits that raised a ConvergenceWarning in parentheses. Target (issue 12): at most 1.25",
-        "times logistic regression's log-loss.",
-        "",
-        *lines,
-        "",
-        f"All sets within the target: {'yes' if ok_all else 'no'}.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Default HMEClassifier against LogisticRegression: held-out log-loss",
+            "",
+            f"Written by `python benchmarks/{os.path.basename(__file__)} {' '.join(argv)}`.".replace(" `.", "`."),
+            "",
+            "Mean 5-fold stratified cross-validated log-loss (shuffled, seed 0) of `make_pipeline(StandardScaler(), "
+            "model)`:",
+            "`LogisticRegression()` (C = 1) and `HMEClassifier(depth=d, random_state=0)` with its defaults; accuracy "
+            "and",
+            "the number of the five fits that raised a ConvergenceWarning in parentheses. Target (issue 12): at most "
+            "1.25",
+            "times logistic regression's log-loss.",
+            "",
+            *lines,
+            "",
+            f"All sets within the target: {'yes' if ok_all else 'no'}.",
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:

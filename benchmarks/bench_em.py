@@ -30,7 +30,6 @@ import numpy as np
 
 def _matmul_rate(dtype, size=2048, reps=7):
     import jax
-    import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
     f = jax.jit(lambda a: a @ a)
@@ -167,9 +166,15 @@ def main():
     import jax.numpy as jnp
 
     rate = _matmul_rate(jnp.float32 if args.dtype == "float32" else jnp.float64)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cores; jax {jax.__version__}")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cores; jax "
+        f"{jax.__version__}"
+    )
     print(f"measured matmul rate ({args.dtype}, 2048x2048): {rate:.1f} GFLOP/s; gate solver: {args.gate_solver}\n")
-    head = f"{'n':>8s} {'d':>3s} {'depth':>5s} {'leaves':>6s} {'compile s':>9s} {'iter s':>8s} {'stats GF/s':>10s} {'floor s':>8s} {'ratio':>6s} {'mem/X':>6s} {'X MB':>7s}"
+    head = (
+        f"{'n':>8s} {'d':>3s} {'depth':>5s} {'leaves':>6s} {'compile s':>9s} {'iter s':>8s} {'stats GF/s':>10s} "
+        f"{'floor s':>8s} {'ratio':>6s} {'mem/X':>6s} {'X MB':>7s}"
+    )
     print(head)
     print("-" * len(head))
     for n in args.n:
@@ -183,9 +188,12 @@ def main():
                     print(f"{n:8d} {d:3d} {depth:5d}  failed: {proc.stderr.strip().splitlines()[-1:]}")
                     continue
                 r = json.loads(line[0][7:])
-                print(f"{n:8d} {d:3d} {depth:5d} {r['leaves']:6d} {r['compile_s']:9.2f} {r['iter_s']:8.4f} "
-                      f"{r['stats_gflops']:10.1f} {r['floor_s']:8.4f} {r['ratio']:6.1f} {r['mem_over_X']:6.1f} {r['x_mb']:7.1f}",
-                      flush=True)
+                print(
+                    f"{n:8d} {d:3d} {depth:5d} {r['leaves']:6d} {r['compile_s']:9.2f} {r['iter_s']:8.4f} "
+                    f"{r['stats_gflops']:10.1f} {r['floor_s']:8.4f} {r['ratio']:6.1f} {r['mem_over_X']:6.1f} "
+                    f"{r['x_mb']:7.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def run_point_methods(name, spec, X, y, Xte=None, yte=None, reps=3):
         res = fit(spec, X, y, p0)
         ll = float(res.log_likelihood) / len(y)
         llt = float(np.mean(hme.log_likelihood(spec, res.params, Xte, yte))) if Xte is not None else np.nan
-        wall = _time(lambda: fit(spec, X, y, p0), reps)
+        wall = _time(lambda fit=fit: fit(spec, X, y, p0), reps)
         at = _at_passes(res)
         print(f"{m:20s} {ll:10.4f} {llt:10.4f} {int(res.n_evaluations):7d} {int(res.n_iter):6d} "
               + " ".join(f"{v:8.4f}" for v in at) + f" {wall:7.2f}")
@@ -102,7 +102,8 @@ def run_bayes(X, y):
         wall = time.perf_counter() - t
         post = b.posterior_params_
         idx = np.linspace(0, post.gates.bias.shape[0] - 1, 100).astype(int)
-        lls = [float(np.mean(hme.log_likelihood(spec, jax.tree_util.tree_map(lambda a: a[i], post), X, y))) for i in idx]
+        draws = [jax.tree_util.tree_map(lambda a, i=i: a[i], post) for i in idx]
+        lls = [float(np.mean(hme.log_likelihood(spec, d, X, y))) for d in draws]
         print(f"{method.upper():20s} {np.mean(lls):10.4f} {b.rhat_:7.3f} {b.ess_:8.0f} {b.divergences_:7d} {wall:7.1f}")
 
 

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 R_SCRIPT = r"""
 suppressMessages(library(flexmix))
@@ -71,7 +70,8 @@ y, X = d[:, 0], d[:, 1:]
 import_cpu, import_wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
 
 def fit(seed):
-    est = HMERegressor(depth=1, branching=4, gate="softmax", n_init=N_INIT, init_params=INIT, random_state=seed, max_iter=500)
+    est = HMERegressor(depth=1, branching=4, gate="softmax", n_init=N_INIT, init_params=INIT, random_state=seed,
+                       max_iter=500)
     c, w = time.process_time(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -90,7 +90,8 @@ for i, (INIT, N_INIT) in enumerate(CONFIGS):
         e, c, w = fit(r + 1)
         cs.append(c); ws.append(w); lls.append(float(e.log_likelihood(X, y).sum())); its.append(e.n_iter_)
     ll = float(est.log_likelihood(X, y).sum())
-    res["fit"][f"init={INIT}, n_init={N_INIT}"] = {"config": f"init={INIT}, n_init={N_INIT}", "cpu": float(np.median(cs)), "wall": float(np.median(ws)), "loglik": ll, "bic": est.bic(X, y),
+    res["fit"][f"init={INIT}, n_init={N_INIT}"] = {"config": f"init={INIT}, n_init={N_INIT}",
+                          "cpu": float(np.median(cs)), "wall": float(np.median(ws)), "loglik": ll, "bic": est.bic(X, y),
                           "iter": int(est.n_iter_), "loglik_min_over_seeds": min(lls + [ll]), "n_init": N_INIT,
                           "lls": lls + [ll], "version": hme.__version__}
 if do_step:
@@ -177,29 +178,50 @@ def _read_r(path: str) -> dict:
 def _report(r, p, args):
     rf = r["fit"]
     fits = list(p["fit"].values())
-    print(f"\nK = 4 softmax-gated linear experts, n = 10000 (flexmix {rf['version']} on R {rf['r']}; hme {fits[0]['version']}; "
-          "flexmix fits from one random start; hme from n_init starts of the given init, the best kept)\n")
+    print(
+        f"\nK = 4 softmax-gated linear experts, n = 10000 (flexmix {rf['version']} on R {rf['r']}; hme "
+        f"{fits[0]['version']}; "
+        "flexmix fits from one random start; hme from n_init starts of the given init, the best kept)\n"
+    )
     print(f"{'method':50s} {'CPU s':>8s} {'wall s':>8s} {'iter':>5s} {'log-lik':>12s} {'BIC':>11s} {'CPU ratio':>9s}")
-    print(f"{'flexmix (one fit)':50s} {rf['cpu']:8.3f} {rf['wall']:8.3f} {int(rf['iter']):5d} {rf['loglik']:12.3f} {rf['bic']:11.2f} {1.0:9.1f}")
+    print(
+        f"{'flexmix (one fit)':50s} {rf['cpu']:8.3f} {rf['wall']:8.3f} {int(rf['iter']):5d} {rf['loglik']:12.3f} "
+        f"{rf['bic']:11.2f} {1.0:9.1f}"
+    )
     fp = p["first"]
     print(f"{'hme first call (import+compile+fit)':50s} {fp['cpu']:8.3f} {fp['wall']:8.3f} {'-':>5s} "
           f"{'-':>12s} {'-':>11s} {rf['cpu'] / fp['cpu']:9.1f}")
     for f in fits:
         name = f"hme {f['config']} (median of {args.reps})"
-        print(f"{name:50s} {f['cpu']:8.3f} {f['wall']:8.3f} {f['iter']:5d} {f['loglik']:12.3f} {f['bic']:11.2f} {rf['cpu'] / f['cpu']:9.1f}")
+        print(
+            f"{name:50s} {f['cpu']:8.3f} {f['wall']:8.3f} {f['iter']:5d} {f['loglik']:12.3f} {f['bic']:11.2f} "
+            f"{rf['cpu'] / f['cpu']:9.1f}"
+        )
     print("\ntargets: steady-state CPU ratio >= 100, first-call ratio > 1, log-likelihood >= flexmix's")
     for f in fits:
         reached = sum(l >= rf["loglik"] - 1.0 for l in f["lls"])
-        print(f"{f['config']}: log-lik - flexmix {f['loglik'] - rf['loglik']:+.3f} (seed 0); {reached} of {len(f['lls'])} seeds "
-              f"within 1 of flexmix's log-likelihood or above; worst {f['loglik_min_over_seeds'] - rf['loglik']:+.3f}")
+        print(
+            f"{f['config']}: log-lik - flexmix {f['loglik'] - rf['loglik']:+.3f} (seed 0); {reached} of "
+            f"{len(f['lls'])} seeds "
+            f"within 1 of flexmix's log-likelihood or above; worst {f['loglik_min_over_seeds'] - rf['loglik']:+.3f}"
+        )
     if "step" in r and "step" in p:
         rs, ps = r["step"], p["step"]
-        print(f"\nmodel selection over K = 2..5 with 3 starts each, by BIC")
+        print("\nmodel selection over K = 2..5 with 3 starts each, by BIC")
         print(f"{'method':42s} {'CPU s':>8s} {'wall s':>8s} {'K':>3s} {'BIC':>11s}")
-        print(f"{'stepFlexmix(k = 2:5, nrep = 3)':42s} {rs['cpu']:8.2f} {rs['wall']:8.2f} {int(rs['k']):3d} {rs['bic']:11.2f}")
-        print(f"{'HMESelector first call (4 compilations)':42s} {ps['first_cpu']:8.2f} {ps['first_wall']:8.2f} {ps['k']:3d} {ps['bic']:11.2f}")
+        print(
+            f"{'stepFlexmix(k = 2:5, nrep = 3)':42s} {rs['cpu']:8.2f} {rs['wall']:8.2f} {int(rs['k']):3d} "
+            f"{rs['bic']:11.2f}"
+        )
+        print(
+            f"{'HMESelector first call (4 compilations)':42s} {ps['first_cpu']:8.2f} {ps['first_wall']:8.2f} "
+            f"{ps['k']:3d} {ps['bic']:11.2f}"
+        )
         print(f"{'HMESelector again (compiled)':42s} {ps['cpu']:8.2f} {ps['wall']:8.2f} {ps['k']:3d} {ps['bic']:11.2f}")
-        print(f"\nstepFlexmix / HMESelector CPU time: first {rs['cpu'] / ps['first_cpu']:.1f}x, compiled {rs['cpu'] / ps['cpu']:.1f}x")
+        print(
+            f"\nstepFlexmix / HMESelector CPU time: first {rs['cpu'] / ps['first_cpu']:.1f}x, compiled "
+            f"{rs['cpu'] / ps['cpu']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -98,23 +98,29 @@ def to_markdown(rows, depths, argv) -> str:
         ok = min(gaps) >= -MARGIN
         ok_all &= ok
         cells = " | ".join(f"{r[d].mean():.3f} ({r[d].min():.2f})" for d in depths)
-        lines.append(f"| {r['set']} | {r['n']} | {r['d']} | {r['linear'].mean():.3f} ({r['linear'].min():.2f}) | {cells} "
-                     f"| {min(gaps):+.3f} | {'yes' if ok else '**no**'} |")
-    return "\n".join([
-        "# Default HMEs against linear regression on real data",
-        "",
-        f"Written by `python benchmarks/{os.path.basename(__file__)} {' '.join(argv)}`.".replace("  ", " "),
-        "",
-        "Mean 5-fold cross-validated R² (shuffled folds, seed 0; worst fold in parentheses) of",
-        "`make_pipeline(StandardScaler(), model)`: `LinearRegression()` and `HMERegressor(depth=d, random_state=0)`",
-        "with every other parameter at its default. Target (issue 12): no depth more than 0.05 below linear regression.",
-        "Sources of the data: `tests/data/README.md`.",
-        "",
-        *lines,
-        "",
-        f"All sets within the target: {'yes' if ok_all else 'no'}.",
-        "",
-    ])
+        lines.append(
+            f"| {r['set']} | {r['n']} | {r['d']} | {r['linear'].mean():.3f} ({r['linear'].min():.2f}) | {cells} "
+            f"| {min(gaps):+.3f} | {'yes' if ok else '**no**'} |"
+        )
+    return "\n".join(
+        [
+            "# Default HMEs against linear regression on real data",
+            "",
+            f"Written by `python benchmarks/{os.path.basename(__file__)} {' '.join(argv)}`.".replace("  ", " "),
+            "",
+            "Mean 5-fold cross-validated R² (shuffled folds, seed 0; worst fold in parentheses) of",
+            "`make_pipeline(StandardScaler(), model)`: `LinearRegression()` and `HMERegressor(depth=d, "
+            "random_state=0)`",
+            "with every other parameter at its default. Target (issue 12): no depth more than 0.05 below linear "
+            "regression.",
+            "Sources of the data: `tests/data/README.md`.",
+            "",
+            *lines,
+            "",
+            f"All sets within the target: {'yes' if ok_all else 'no'}.",
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,9 @@ def run_case(which: str, size: int, batch: int, reps: int, timeout: float, cpus:
             return "skipped", "taskset not found"
         cmd = ["taskset", "-c", cpus] + cmd
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu")
+        )
     except subprocess.TimeoutExpired:
         return "HANG", f"no result within {timeout:.0f} s"
     if out.returncode != 0:
@@ -86,7 +88,10 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             status, detail = run_case(which, args.size, args.batch, args.reps, args.timeout, cpus)
-            print(f"{which:<12} {cpus or 'all':<6} {status:<14} {detail} (wall {time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{which:<12} {cpus or 'all':<6} {status:<14} {detail} (wall {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
             if which == "hme" and status != "ok":
                 hme_ok = False
     print("hme.batched_linalg: " + ("finished every case" if hme_ok else "FAILED"))

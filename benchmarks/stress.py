@@ -271,8 +271,11 @@ def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log
             results[i] = (outcome, detail, secs)
             if on_result is not None:
                 on_result(configs, results, i)
-            log(f"[{sum(r is not None for r in results):>4}/{n_fits}] {outcome:<11} {secs:7.1f} s  {describe(configs[i])}"
-                + (f"  -- {detail}" if detail else ""))
+            log(
+                f"[{sum(r is not None for r in results):>4}/{n_fits}] {outcome:<11} {secs:7.1f} s  "
+                f"{describe(configs[i])}"
+                + (f"  -- {detail}" if detail else "")
+            )
 
     try:
         with cf.ThreadPoolExecutor(workers) as ex:
@@ -285,7 +288,7 @@ def stress(n_fits: int, seed: int, max_n: int, timeout: float, workers: int, log
 
 def table(configs, results) -> str:
     counts = collections.defaultdict(collections.Counter)
-    for cfg, (outcome, _, _) in zip(configs, results):
+    for cfg, (outcome, _, _) in zip(configs, results, strict=True):
         counts[cfg["estimator"]][outcome] += 1
         counts["all"][outcome] += 1
     lines = ["| estimator | fits | " + " | ".join(OUTCOMES) + " |", "|---" * (len(OUTCOMES) + 2) + "|"]
@@ -300,26 +303,37 @@ def write_markdown(path, argv, configs, results, t0, args):
     partial table). Returns (summary line, failures, counts of clear errors)."""
     import numpy as np
 
-    done = [(c, r) for c, r in zip(configs, results) if r is not None]
+    done = [(c, r) for c, r in zip(configs, results, strict=True) if r is not None]
     cs, rs = [c for c, _ in done], [r for _, r in done]
     secs = [r[2] for r in rs if r[0] in ("ok", "clear error")]
-    summary = (f"{len(done)} of {args.fits} fits done, seed {args.seed}, n up to {args.max_n}, watchdog "
-               f"{args.timeout:.0f} s (no CPU for {args.stall:.0f} s), {args.workers} worker(s), {time.perf_counter() - t0:.0f} s wall in the last run; median fit "
-               f"{np.median(secs) if secs else float('nan'):.1f} s")
+    summary = (
+        f"{len(done)} of {args.fits} fits done, seed {args.seed}, n up to {args.max_n}, watchdog "
+        f"{args.timeout:.0f} s (no CPU for {args.stall:.0f} s), {args.workers} worker(s), "
+        f"{time.perf_counter() - t0:.0f} s wall in the last run; median fit "
+        f"{np.median(secs) if secs else float('nan'):.1f} s"
+    )
     bad = [(c, r) for c, r in done if r[0] in ("unexpected", "non-finite", "hang", "crash")]
     errors = collections.Counter(r[1] for r in rs if r[0] == "clear error")
     if path is None:
         return summary, bad, errors
     with open(path, "w") as f:
-        f.write("# Stress test\n\nWritten by `python benchmarks/stress.py " + " ".join(argv) + "`. Every fit's result, with "
-                "the commit it ran on, is in `" + os.path.basename(os.path.splitext(path)[0]) + ".jsonl`; `--resume` keeps "
-                "its ok / clear-error results and runs the rest.\n\n")
+        f.write(
+            "# Stress test\n\nWritten by `python benchmarks/stress.py "
+            + " ".join(argv)
+            + "`. Every fit's result, with "
+            "the commit it ran on, is in `" + os.path.basename(os.path.splitext(path)[0]) + ".jsonl`; `--resume` keeps "
+            "its ok / clear-error results and runs the rest.\n\n"
+        )
         f.write(summary + ".\n\n" + table(cs, rs) + "\n")
         if errors:
             f.write("\nClear errors raised (invalid configurations for the data):\n\n")
             f.write("\n".join(f"- `{k}`: {v}" for k, v in errors.most_common()) + "\n")
         if bad:
-            f.write("\nFailures:\n\n" + "\n".join(f"- {r[0]}: {describe(c)} seed={c['seed']}: {r[1]}" for c, r in bad) + "\n")
+            f.write(
+                "\nFailures:\n\n"
+                + "\n".join(f"- {r[0]}: {describe(c)} seed={c['seed']}: {r[1]}" for c, r in bad)
+                + "\n"
+            )
     return summary, bad, errors
 
 

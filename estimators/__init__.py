@@ -7,4 +7,14 @@ from .classifier import HMEClassifier
 from .regressor import HMERegressor
 from .selector import HMESelector
 
-__all__ = ["BayesianHMEClassifier", "BayesianHMERegressor", "DegenerateFitWarning", "ExtrapolationWarning", "NotIdentifiedWarning", "HMEClassifier", "HMERegressor", "HMESelector", "load"]
+__all__ = [
+    "BayesianHMEClassifier",
+    "BayesianHMERegressor",
+    "DegenerateFitWarning",
+    "ExtrapolationWarning",
+    "NotIdentifiedWarning",
+    "HMEClassifier",
+    "HMERegressor",
+    "HMESelector",
+    "load",
+]

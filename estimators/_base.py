@@ -20,7 +20,6 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 import hme
 from hme import model as _model
 from hme.inference import canonicalize, standard_errors
-from hme.params import ExpertParams, GateParams, HMEParams
 
 
 class ExtrapolationWarning(UserWarning):
@@ -199,9 +198,18 @@ class _HMEBase(BaseEstimator):
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
                              gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
         common = dict(
-            sample_weight=sample_weight, init=self.init_params, init_params=init, coef_target=target,
-            n_init=1 if init is not None else self.n_init, n_candidates=self.n_candidates, random_state=seed, max_iter=self.max_iter,
-            tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
+            sample_weight=sample_weight,
+            init=self.init_params,
+            init_params=init,
+            coef_target=target,
+            n_init=1 if init is not None else self.n_init,
+            n_candidates=self.n_candidates,
+            random_state=seed,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            alpha=alpha,
+            gate_alpha=gate_alpha,
+            var_floor=var_floor,
             verbose=int(bool(self.verbose)),
         )
         with _precision(X.dtype):
@@ -225,7 +233,8 @@ class _HMEBase(BaseEstimator):
         self.params_ = jax.tree_util.tree_map(np.asarray, canon)
         with _precision(X.dtype):
             post = _model.posteriors(spec, canon, X, Y)["leaf"]
-        self.expert_input_min_, self.expert_input_max_ = _model.expert_boxes(spec, post, X, sample_weight)
+            gate = _model.gate_path_probs(spec, canon, X)
+        self.expert_input_min_, self.expert_input_max_ = _model.expert_boxes(spec, post, gate, X, sample_weight)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         hist = np.asarray(res.history)
@@ -240,7 +249,7 @@ class _HMEBase(BaseEstimator):
         self.restart_leaf_counts_ = np.asarray(res.restart_leaf_count, np.float64)
         self.restart_collapsed_ = np.asarray(res.restart_collapsed, bool)
         self.restart_degenerate_ = [
-            _degeneracy(c, k) for c, k in zip(self.restart_leaf_counts_, self.restart_collapsed_)
+            _degeneracy(c, k) for c, k in zip(self.restart_leaf_counts_, self.restart_collapsed_, strict=True)
         ]
         if self.verbose:
             for i, h in enumerate(self.restart_lower_bounds_):
@@ -255,6 +264,7 @@ class _HMEBase(BaseEstimator):
                 f"restarts {bad} produced a non-finite log-likelihood and were stopped at their last finite "
                 "parameters; consider a larger var_floor or alpha",
                 RuntimeWarning,
+                stacklevel=3,
             )
         why = self.restart_degenerate_[self.best_restart_]
         if why:
@@ -263,15 +273,18 @@ class _HMEBase(BaseEstimator):
                 f"{why}. The model has more leaves than the data support or an expert interpolates a few points; "
                 "try a smaller tree, a larger var_floor or alpha, or more restarts (n_init).",
                 DegenerateFitWarning,
+                stacklevel=3,
             )
         if not self.converged_:
             warnings.warn(
-                f"{'EM' if self.solver == 'em' else self.optimizer} did not converge: the best of {self.n_init} restart(s) (restart {self.best_restart_}) stopped "
+                f"{'EM' if self.solver == 'em' else self.optimizer} did not converge: the best of {self.n_init} "
+                f"restart(s) (restart {self.best_restart_}) stopped "
                 f"after max_iter={self.max_iter} iterations with relative change above tol={self.tol}. "
                 "Try a larger max_iter or tol, more restarts (n_init)"
                 + (", gate_solver='newton'" if self.gate_solver != "newton" else "")
                 + ", or more regularisation (alpha, gate_alpha) if experts or gates separate the data perfectly.",
                 ConvergenceWarning,
+                stacklevel=3,
             )
         return self
 
@@ -338,7 +351,9 @@ class _HMEBase(BaseEstimator):
 
         X = self._check_X(X)
         with _precision(X.dtype):
-            return describe_tree(self._spec, self._params_jax(), X, feature_names=getattr(self, "feature_names_in_", None))
+            return describe_tree(
+                self._spec, self._params_jax(), X, feature_names=getattr(self, "feature_names_in_", None)
+            )
 
     @property
     def spec_(self):
@@ -445,6 +460,7 @@ class _HMEBase(BaseEstimator):
                    if neg else ". Typical causes: a gate that separates the data perfectly (its slopes can grow "
                    "without bound), a leaf with almost no data, or a constant or duplicated input"),
                 NotIdentifiedWarning,
+                stacklevel=2,
             )
         pll = self._parametric_log_likelihood(X_in, y)
         ll = float(pll.sum()) if sample_weight is None else float(np.dot(sample_weight, pll))

@@ -130,7 +130,9 @@ def load(path):
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise ValueError(f"{path!s} is not a readable hme model file (truncated or not an .npz archive): {err}") from None
+        raise ValueError(
+            f"{path!s} is not a readable hme model file (truncated or not an .npz archive): {err}"
+        ) from None
     if "__meta__" not in arrays:
         raise ValueError(f"{path!s} is not an hme model file (no metadata)")
     try:
@@ -162,7 +164,15 @@ def load(path):
         ExpertParams(arrays["expert_intercept"], arrays["expert_coef"], arrays.get("expert_cov")),
     )
     f = meta["fitted"]
-    for k in ("n_iter_", "converged_", "lower_bound_", "log_likelihood_", "n_features_in_", "best_restart_", "n_outputs_"):
+    for k in (
+        "n_iter_",
+        "converged_",
+        "lower_bound_",
+        "log_likelihood_",
+        "n_features_in_",
+        "best_restart_",
+        "n_outputs_",
+    ):
         setattr(est, k, f[k])
     est._y_1d = f["y_1d"]
     est.lower_bounds_ = arrays["lower_bounds_"]

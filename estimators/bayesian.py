@@ -75,8 +75,12 @@ class _BayesBase(BaseEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         with jax.enable_x64(True):
             # the posterior is sampled in float64 whatever the input dtype (a float32 start breaks NUTS' tree building)
-            start = center_params(spec, jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a, jnp.float64), point.params_),
-                                  jnp.asarray(self._x_mean), +1.0)
+            start = center_params(
+                spec,
+                jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a, jnp.float64), point.params_),
+                jnp.asarray(self._x_mean),
+                +1.0,
+            )
             Xj, yj = jnp.asarray(Xc), jnp.asarray(y_core)
             if self.method == "nuts":
                 samples, div = bayes.run_nuts(spec, Xj, yj, self._scale, self._priors, start, self.num_warmup,

@@ -54,7 +54,8 @@ class HMERegressor(RegressorMixin, _HMEBase):
         Floor on expert variances, relative to the variance of each output.
     max_iter, tol, n_init, init_params, random_state, warm_start, verbose, verbose_interval
         As in :class:`sklearn.mixture.GaussianMixture` (``tol`` bounds the change of the mean penalised
-        log-likelihood, relative once it exceeds 1 nat per sample in size, else absolute; ``init_params`` in {"random", "kmeans", "kmeans_xy"}). ``n_init`` counts full EM runs.
+        log-likelihood, relative once it exceeds 1 nat per sample in size, else absolute; ``init_params`` in
+        {"random", "kmeans", "kmeans_xy"}). ``n_init`` counts full EM runs.
     out_of_bounds : {"clip", "extrapolate"}, default="clip"
         "clip": at prediction, the gates see every input clipped to its training range ``[x_min_, x_max_]``
         and each expert sees its inputs clipped to the range of the training rows it explains (leaf posterior

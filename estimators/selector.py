@@ -34,14 +34,24 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
 
     Attributes
     ----------
-    results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl, cv_log_likelihood,
-        converged, n_iter, degenerate (why the returned fit degenerated, '' if healthy), fit_time), as
-        ``GridSearchCV.cv_results_``
+    results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl,
+        cv_log_likelihood, converged, n_iter, degenerate (why the returned fit degenerated, '' if healthy),
+        fit_time), as ``GridSearchCV.cv_results_``
     best_index_, best_params_, best_estimator_ (fitted on all data): the best healthy candidate; a degenerate one
         only when every candidate degenerated, with a ``DegenerateFitWarning``
     """
 
-    def __init__(self, estimator=None, depth=(1, 2, 3), branching=(2,), gate=("softmax",), criterion="bic", cv=5, n_init=3, random_state=None):
+    def __init__(
+        self,
+        estimator=None,
+        depth=(1, 2, 3),
+        branching=(2,),
+        gate=("softmax",),
+        criterion="bic",
+        cv=5,
+        n_init=3,
+        random_state=None,
+    ):
         self.estimator = estimator
         self.depth = depth
         self.branching = branching
@@ -60,10 +70,26 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             raise ValueError("the candidate grid is empty")
         X = np.asarray(X) if not hasattr(X, "iloc") else X
         y = np.asarray(y)
-        rows = {k: [] for k in ("params", "n_parameters", "log_likelihood", "bic", "icl", "cv_log_likelihood", "converged", "n_iter", "degenerate", "fit_time")}
+        rows = {
+            k: []
+            for k in (
+                "params",
+                "n_parameters",
+                "log_likelihood",
+                "bic",
+                "icl",
+                "cv_log_likelihood",
+                "converged",
+                "n_iter",
+                "degenerate",
+                "fit_time",
+            )
+        }
         fitted = []
         for depth, branching, gate in grid:
-            params = dict(depth=depth, branching=branching, gate=gate, n_init=self.n_init, random_state=self.random_state)
+            params = dict(
+                depth=depth, branching=branching, gate=gate, n_init=self.n_init, random_state=self.random_state
+            )
             est = clone(base).set_params(**params)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -97,6 +123,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
                 f"({self.results_['params'][self.best_index_]}): {self.results_['degenerate'][self.best_index_]}. "
                 "Try smaller trees, a larger var_floor or alpha, or more restarts (n_init).",
                 DegenerateFitWarning,
+                stacklevel=2,
             )
         self.best_params_ = self.results_["params"][self.best_index_]
         self.best_estimator_ = fitted[self.best_index_]
@@ -128,11 +155,16 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
         """The results as printable text, one line per candidate, best marked with '*'."""
         check_is_fitted(self, "results_")
         r = self.results_
-        lines = [f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} {'cv ll/n':>9s} {'conv':>5s} {'degen':>5s}"]
+        lines = [
+            f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} "
+            f"{'cv ll/n':>9s} {'conv':>5s} {'degen':>5s}"
+        ]
         for i, p in enumerate(r["params"]):
             mark = "*" if i == self.best_index_ else ""
             lines.append(
                 f"{mark:1s} {p['depth']:5d} {str(p['branching']):>6s} {p['gate']:>8s} {r['n_parameters'][i]:5d} "
-                f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} {r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s} {'yes' if r['degenerate'][i] else '':>5s}"
+                f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} "
+                f"{r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s} "
+                f"{'yes' if r['degenerate'][i] else '':>5s}"
             )
         return "\n".join(lines)

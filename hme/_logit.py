@@ -32,7 +32,6 @@ import numpy as np
 from . import batched_linalg
 from ._linalg import kron_gram, newton_ascent, solve_psd, weighted_gram
 
-
 #: Widest softmax whose reduction :func:`masked_log_softmax` unrolls.
 UNROLL_MAX_CLASSES = 3
 
@@ -118,7 +117,9 @@ def newton_curvature(design: jax.Array, log_prob: jax.Array, totals: jax.Array, 
     n, U, Bf = p.shape
     q = design.shape[1]
     if Bf < KRONECKER_MIN_FREE_CLASSES:
-        return blocks_to_curvature(weighted_gram(design, newton_weights(log_prob, totals, mask)).reshape(U, Bf, Bf, q, q))
+        return blocks_to_curvature(
+            weighted_gram(design, newton_weights(log_prob, totals, mask)).reshape(U, Bf, Bf, q, q)
+        )
     eye_b = jnp.eye(Bf, dtype=design.dtype)
     block_diag = blocks_to_curvature(eye_b[None, :, :, None, None] * class_blocks(design, p, totals)[:, :, None, :, :])
     return block_diag - kron_gram(design, jnp.sqrt(totals)[:, :, None] * p)
@@ -145,7 +146,9 @@ NEWTON_CG_MAX_ITER = 50
 NEWTON_CG_RTOL = 1e-6
 
 
-def newton_cg(design, prob, totals, grad, diag_penalty, max_iter: int = NEWTON_CG_MAX_ITER, rtol: float = NEWTON_CG_RTOL):
+def newton_cg(
+    design, prob, totals, grad, diag_penalty, max_iter: int = NEWTON_CG_MAX_ITER, rtol: float = NEWTON_CG_RTOL
+):
     r"""The exact Newton step ``H⁻¹ g`` of every unit by preconditioned conjugate gradients.
 
     ``H_u v = Σ_t n_tu d_t [p_tu ∘ (s_tu - p_tuᵀ s_tu)]ᵀ + π ∘ v`` with ``s_tu = v d_t`` costs two (n, q) x

@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 #: Columns per block of the blocked Cholesky. Small enough that the unblocked column loop on a diagonal block is
@@ -115,8 +114,9 @@ def cholesky(a: jax.Array) -> CholeskyFactor:
     r"""Blocked Cholesky factor of symmetric positive (semi-)definite matrices ``a``: (..., P, P).
 
     Symmetric input assumed. Block step k: ``S = A[k, :] - L[k, :] Lᵀ`` (rows of ``L`` not yet computed are
-    zero), ``L_kk = chol(S_kk)``, ``L[below, k] = (L_kk⁻¹ S[:, below])ᵀ``. Cost about ``P³`` multiply-adds per matrix (three times LAPACK's ``P³/3``: every block
-    row is multiplied by the whole factor so that the loop body has static shapes).
+    zero), ``L_kk = chol(S_kk)``, ``L[below, k] = (L_kk⁻¹ S[:, below])ᵀ``. Cost about ``P³`` multiply-adds per matrix
+    (three times LAPACK's ``P³/3``: every block row is multiplied by the whole factor so that the loop body has
+    static shapes).
     """
     P = a.shape[-1]
     b = min(P, BLOCK)
@@ -133,7 +133,9 @@ def cholesky(a: jax.Array) -> CholeskyFactor:
     def body(k, carry):
         lower, inverses = carry
         r0 = k * b
-        s = lax.dynamic_slice_in_dim(a, r0, b, axis=-2) - _mm(lax.dynamic_slice_in_dim(lower, r0, b, axis=-2), _t(lower))
+        s = lax.dynamic_slice_in_dim(a, r0, b, axis=-2) - _mm(
+            lax.dynamic_slice_in_dim(lower, r0, b, axis=-2), _t(lower)
+        )
         l_kk = _unblocked_cholesky(lax.dynamic_slice_in_dim(s, r0, b, axis=-1), floor)
         inv_kk = _unblocked_lower_inverse(l_kk)
         column = jnp.where(rows >= r0 + b, _t(_mm(inv_kk, s)), 0.0)  # (..., size, b): L[i, block k], i below

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_space
-from .monitor import FitMonitor
 from . import gates as _gates
 from .experts._linear import linear_predictor
 from .model import log_path_from_gates, make_design
+from .monitor import FitMonitor
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
 
@@ -78,7 +78,9 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
     import numpyro.distributions as dist
 
     if spec.gate not in ("softmax", "laplace") or spec.expert not in ("gaussian", "categorical"):
-        raise ValueError("Bayesian HMEs support softmax or Laplace gates with Gaussian (one output) or categorical experts")
+        raise ValueError(
+            "Bayesian HMEs support softmax or Laplace gates with Gaussian (one output) or categorical experts"
+        )
     if spec.expert == "gaussian" and spec.n_targets != 1:
         raise ValueError("Bayesian Gaussian experts have one output")
     t = spec.tree
@@ -95,13 +97,16 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
         w_sd = priors.gate_scale / gsd
         w_free = numpyro.sample("gate_weight", dist.Normal(0.0, jnp.broadcast_to(w_sd, (len(fw), pg))).to_event(2))
     else:  # keys live in input space; the inputs are centred
-        w_free = numpyro.sample("gate_key", dist.Normal(0.0, jnp.broadcast_to(priors.key_scale * gsd, (len(fw), pg))).to_event(2))
+        w_free = numpyro.sample(
+            "gate_key", dist.Normal(0.0, jnp.broadcast_to(priors.key_scale * gsd, (len(fw), pg))).to_event(2)
+        )
     weight = jnp.zeros((G * B, pg), dtype).at[fw].set(w_free).reshape(G, B, pg)
     intercept = numpyro.sample(
         "intercept", dist.Normal(scale.y_mean, priors.coef_scale * scale.y_sd).expand([L, k]).to_event(2)
     )
     coef = numpyro.sample(
-        "coef", dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3)
+        "coef",
+        dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3),
     )
     cov = None
     if spec.expert == "gaussian":
@@ -134,7 +139,9 @@ def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
     cov = None
     if spec.expert == "gaussian":
         cov = (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]
-    return HMEParams(GateParams(bias, weight), ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), cov))
+    return HMEParams(
+        GateParams(bias, weight), ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), cov)
+    )
 
 
 def posterior_means(spec: ModelSpec, samples: dict, X) -> jax.Array:
@@ -163,7 +170,9 @@ def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
     g, e = params
     out = {
         "gate_bias": jnp.asarray(g.bias).ravel()[fb],
-        ("gate_weight" if spec.gate == "softmax" else "gate_key"): jnp.asarray(g.weight).reshape(-1, spec.n_gate_features)[fw],
+        ("gate_weight" if spec.gate == "softmax" else "gate_key"): jnp.asarray(g.weight).reshape(
+            -1, spec.n_gate_features
+        )[fw],
         "intercept": jnp.asarray(e.intercept),
         "coef": jnp.asarray(e.coef),
     }
@@ -248,8 +257,9 @@ def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_sa
     from numpyro.infer.autoguide import AutoLowRankMultivariateNormal
 
     model = partial(hme_model, spec)
-    guide = AutoLowRankMultivariateNormal(model, rank=rank, init_loc_fn=init_to_value(values=sites_from_params(spec, init_params)),
-                                          init_scale=0.01)
+    guide = AutoLowRankMultivariateNormal(
+        model, rank=rank, init_loc_fn=init_to_value(values=sites_from_params(spec, init_params)), init_scale=0.01
+    )
     svi = SVI(model, guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
     key, sub = jax.random.split(jax.random.PRNGKey(seed))
     state = svi.init(key, X, y, scale, priors)

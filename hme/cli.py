@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     rates.add_argument("--start", choices=("near-truth", "default", "both"), default="near-truth",
                        help="near-truth starts (the papers' protocol), the estimators' default start (emEM, "
                             "n_init=3), or both on the same samples")
-    rates.add_argument("--no-em-rate", action="store_true", help="skip EM's own rate (Jordan & Xu) for flat experiments")
+    rates.add_argument(
+        "--no-em-rate", action="store_true", help="skip EM's own rate (Jordan & Xu) for flat experiments"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import main as demo_main
@@ -138,7 +140,9 @@ def _rates(args) -> int:
 
     settings = args.settings.split(",") if args.settings else None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # overflow in diverging over-specified fits: counted as failures
+        warnings.simplefilter(
+            "ignore", RuntimeWarning
+        )  # overflow in diverging over-specified fits: counted as failures
         starts = experiments.STARTS if args.start == "both" else (args.start,)
         runs = [experiments.run(args.experiment, quick=args.quick, seed=args.seed, settings=settings,
                                 restarts=args.restarts, max_iter=args.max_iter, start=start) for start in starts]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Optional
 
 import jax
 
@@ -49,7 +48,7 @@ def _on_duration_event(event: str, duration: float, **kwargs) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
 
 
-def map_count() -> Optional[int]:
+def map_count() -> int | None:
     """Memory mappings (VMAs) of this process, or None where ``/proc/self/maps`` does not exist."""
     try:
         with open(_MAPS, "rb") as f:
@@ -58,7 +57,7 @@ def map_count() -> Optional[int]:
         return None
 
 
-def map_limit() -> Optional[int]:
+def map_limit() -> int | None:
     """The kernel's cap on mappings per process (``vm.max_map_count``), or None where it cannot be read."""
     try:
         with open(_LIMIT) as f:
@@ -67,7 +66,7 @@ def map_limit() -> Optional[int]:
         return None
 
 
-def ensure_code_space(headroom: Optional[int] = None) -> None:
+def ensure_code_space(headroom: int | None = None) -> None:
     """Make sure the next compile has room for its code: clear JAX's caches when the process nears the cap.
 
     headroom : free mappings below which the caches are cleared; default ``max(HEADROOM_FRACTION * cap,

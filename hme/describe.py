@@ -38,7 +38,10 @@ def describe_tree(spec: ModelSpec, params, X, feature_names=None, max_features: 
                 top = np.argsort(-np.abs(eff))[:max_features]
                 parts.append(f"child {c}: " + ", ".join(f"{w[g, c, j]:+.3g}·{gnames[j]}" for j in top))
             else:
-                parts.append(f"child {c}: key " + ", ".join(f"{gnames[j]}={w[g, c, j]:.3g}" for j in range(min(len(gnames), max_features))))
+                parts.append(
+                    f"child {c}: key "
+                    + ", ".join(f"{gnames[j]}={w[g, c, j]:.3g}" for j in range(min(len(gnames), max_features)))
+                )
         return "; ".join(parts)
 
     def walk(g, path, indent):
@@ -51,7 +54,9 @@ def describe_tree(spec: ModelSpec, params, X, feature_names=None, max_features: 
             else:
                 l = leaf_of_path[p]
                 noise = f", noise sd {np.sqrt(np.asarray(cov)[l, 0, 0]):.3g}" if cov is not None else ""
-                lines.append(f"{'  ' * (indent + 1)}leaf {l} ({100 * share_leaf[l]:.1f}%): mean prediction {mu[l]:.3g}{noise}")
+                lines.append(
+                    f"{'  ' * (indent + 1)}leaf {l} ({100 * share_leaf[l]:.1f}%): mean prediction {mu[l]:.3g}{noise}"
+                )
 
     walk(0, (), 0)
     return "\n".join(lines)

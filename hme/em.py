@@ -18,17 +18,16 @@ falls below ``tol`` or after ``max_iter`` M-steps, and records a NaN-padded hist
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import batched_linalg
-from . import code_space
+from . import batched_linalg, code_space
 from . import experts as _experts
-from . import monitor as _monitor
 from . import gates as _gates
+from . import monitor as _monitor
 from ._linalg import padded_length, weighted_gram
 from ._logit import newton_weights
 from .init import INIT_METHODS, content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
@@ -60,7 +59,7 @@ class FitOptions(NamedTuple):
     alpha: jax.Array  # () or (q,): ridge on expert coefficients per design column (column 0, the intercept, free)
     gate_alpha: jax.Array
     var_floor: jax.Array  # (n_outputs,)
-    coef_target: Optional[jax.Array] = None  # (p_e, k): the expert slopes the ridge pulls towards (default 0)
+    coef_target: jax.Array | None = None  # (p_e, k): the expert slopes the ridge pulls towards (default 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +92,9 @@ class EMTrace(NamedTuple):
     n_iter: jax.Array
     converged: jax.Array
     failed: jax.Array
-    n_eval: Optional[jax.Array] = None  # objective+gradient evaluations (gradient fits); EM: one E- and M-step per iteration
+    n_eval: jax.Array | None = (
+        None  # objective+gradient evaluations (gradient fits); EM: one E- and M-step per iteration
+    )
 
 
 class EMResult(NamedTuple):
@@ -128,7 +129,7 @@ class EMResult(NamedTuple):
     restart_failed: jax.Array
     restart_leaf_count: jax.Array
     restart_collapsed: jax.Array
-    n_evaluations: Optional[jax.Array] = None
+    n_evaluations: jax.Array | None = None
 
 
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
@@ -196,7 +197,16 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
         else:
             node_gram = weighted_gram(Dg, node_w)
     gates = _gates.m_step(
-        spec, params.gates, Dg, st.gate_log_prob, edge_w, node_w, opts.gate_alpha, cfg.gate_solver, node_gram, hessian_gram
+        spec,
+        params.gates,
+        Dg,
+        st.gate_log_prob,
+        edge_w,
+        node_w,
+        opts.gate_alpha,
+        cfg.gate_solver,
+        node_gram,
+        hessian_gram,
     )
     if spec.expert == "categorical":
         ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
@@ -440,7 +450,7 @@ def fit_em(
     *,
     sample_weight=None,
     init: str = "random",
-    init_params: Optional[HMEParams] = None,
+    init_params: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
@@ -520,7 +530,7 @@ class Prepared(NamedTuple):
     weight: jax.Array
     keys: jax.Array
     opts: FitOptions
-    init_params: Optional[HMEParams]
+    init_params: HMEParams | None
     user_init: bool
 
 

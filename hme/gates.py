@@ -60,7 +60,8 @@ def gaussian_logits(design: jax.Array, gates: GateParams) -> jax.Array:
 
 
 def gaussian_log_marginal(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
-    """``log Σ_c π_c N(x_t | c_c, Γ_c)`` of the (single) Gaussian gate, (n,): the inputs' term of the joint likelihood."""
+    """``log Σ_c π_c N(x_t | c_c, Γ_c)`` of the (single) Gaussian gate, (n,): the inputs' term of the joint "
+    "likelihood."""
     logits = gaussian_logits(design, gates)[:, 0, :]
     mask = jnp.asarray(spec.tree.child_mask)[0]
     return jax.scipy.special.logsumexp(jnp.where(mask[None], logits, -jnp.inf), axis=-1)
@@ -120,7 +121,14 @@ def m_step(
         s, l = _mixed_index(spec)
         penalty = jnp.full((q,), gate_alpha, dtype)
         theta = logit_m_step(
-            design, softmax_theta(_take(gates, s)), log_prob[:, s], edge_w[:, s], node_w[:, s], mask[s], penalty, "newton"
+            design,
+            softmax_theta(_take(gates, s)),
+            log_prob[:, s],
+            edge_w[:, s],
+            node_w[:, s],
+            mask[s],
+            penalty,
+            "newton",
         )
         box = reach_box(design[:, 1:], node_w)
         lap = _laplace_m_step(
@@ -236,7 +244,9 @@ def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
         r = e - nw[..., None] * prob  # (c, G, B)
         J = jnp.concatenate([jnp.ones(u.shape[:-1] + (1,), u.dtype), -u], -1)  # (c, G, B, P)
         grad = jnp.einsum("ngb,ngbi->gbi", r, J)
-        A = nw[..., None, None] * (prob[..., :, None] * jnp.eye(B, dtype=x.dtype) - prob[..., :, None] * prob[..., None, :])
+        A = nw[..., None, None] * (
+            prob[..., :, None] * jnp.eye(B, dtype=x.dtype) - prob[..., :, None] * prob[..., None, :]
+        )
         h1 = -jnp.einsum("ngbc,ngbi,ngcj->gbicj", A, J, J)
         rd = r / d
         h2w = -(jnp.einsum("ngb->gb", rd)[..., None, None] * eye_p - jnp.einsum("ngb,ngbi,ngbj->gbij", rd, u, u))
@@ -252,7 +262,9 @@ def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
         jnp.zeros((G, B, p, p), design.dtype),
     )
     (grad, h1, h2w), _ = jax.lax.scan(body, zeros, tuple(xs))
-    hess = h1 + jnp.einsum("gbij,bc->gbicj", jnp.pad(h2w, ((0, 0), (0, 0), (1, 0), (1, 0))), jnp.eye(B, dtype=design.dtype))
+    hess = h1 + jnp.einsum(
+        "gbij,bc->gbicj", jnp.pad(h2w, ((0, 0), (0, 0), (1, 0), (1, 0))), jnp.eye(B, dtype=design.dtype)
+    )
     return grad, hess
 
 

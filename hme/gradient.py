@@ -19,7 +19,6 @@ tool treat both fits alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,7 @@ from .em import (
     prepare_fit,
     starting_points,
 )
-from .model import joint, make_design
+from .model import joint
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
 
@@ -61,8 +60,8 @@ class GradientConfig:
     max_iter: int = 1000
     n_init: int = 1
     init: str = "random"
-    batch_size: Optional[int] = None
-    learning_rate: Optional[float] = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     user_init: bool = False
     gate_solver: str = "newton"  # used by the initialisation only
     expert_solver: str = "newton"
@@ -168,7 +167,9 @@ def _optimizer(cfg: GradientConfig):
     return optax.adam(1e-2 if cfg.learning_rate is None else cfg.learning_rate)
 
 
-def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: FitData, opts: FitOptions, key) -> EMTrace:
+def run_gradient(
+    spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: FitData, opts: FitOptions, key
+) -> EMTrace:
     """The compiled optimisation loop from one start (the analogue of :func:`hme.em.run_em`)."""
     dtype = data.y.dtype
     total = jnp.sum(data.weight)
@@ -181,7 +182,9 @@ def run_gradient(spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: 
     u0 = to_unconstrained(spec, params, opts)
     n = data.y.shape[0]
     if cfg.batch_size is None:
-        value_and_grad = optax.value_and_grad_from_state(full_loss) if cfg.optimizer == "lbfgs" else jax.value_and_grad(full_loss)
+        value_and_grad = (
+            optax.value_and_grad_from_state(full_loss) if cfg.optimizer == "lbfgs" else jax.value_and_grad(full_loss)
+        )
 
         def step(u, state, _key):
             if cfg.optimizer == "lbfgs":
@@ -290,10 +293,10 @@ def fit_gradient(
     *,
     sample_weight=None,
     optimizer: str = "lbfgs",
-    learning_rate: Optional[float] = None,
-    batch_size: Optional[int] = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
     init: str = "random",
-    init_params: Optional[HMEParams] = None,
+    init_params: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,

@@ -114,7 +114,7 @@ def _parameter_map(spec, params, feature_names=None):
     t = spec.tree
     mask = t.child_mask
     leaves = jax.tree_util.tree_leaves(params)
-    maps, names, counter = [], [], [0]
+    names, counter = [], [0]
 
     def take(name):
         names.append(name)
@@ -164,7 +164,7 @@ def _parameter_map(spec, params, feature_names=None):
                             src_cov[l, a, b] = src_cov[l, b, a] = idx
         srcs.append(src_cov)
     theta = np.zeros(counter[0], np.asarray(leaves[0]).dtype)
-    for src, arr in zip(srcs, leaves):
+    for src, arr in zip(srcs, leaves, strict=True):
         a = np.asarray(arr)
         theta[src[src >= 0]] = a[src >= 0]
     return theta, srcs, names
@@ -172,7 +172,7 @@ def _parameter_map(spec, params, feature_names=None):
 
 def _unflatten(th, srcs, base):
     """Parameters (a list of leaf arrays like ``base``) with the free entries taken from θ."""
-    return [jnp.where(s >= 0, th[jnp.maximum(s, 0)], b) for s, b in zip(srcs, base)]
+    return [jnp.where(s >= 0, th[jnp.maximum(s, 0)], b) for s, b in zip(srcs, base, strict=True)]
 
 
 def free_parameter_draws(spec: ModelSpec, stacked: HMEParams, feature_names=None):
@@ -182,7 +182,7 @@ def free_parameter_draws(spec: ModelSpec, stacked: HMEParams, feature_names=None
     first = jax.tree_util.tree_map(lambda a: None if a is None else np.asarray(a)[0], stacked)
     _, srcs, names = _parameter_map(spec, first, feature_names)
     theta = np.zeros((leaves[0].shape[0], len(names)), leaves[0].dtype)
-    for src, arr in zip(srcs, leaves):
+    for src, arr in zip(srcs, leaves, strict=True):
         theta[:, src[src >= 0]] = arr[:, src >= 0]
     return theta, names
 

@@ -28,7 +28,7 @@ from . import experts as _experts
 from . import gates as _gates
 from ._linalg import weighted_gram
 from .model import edge_mass
-from .params import ExpertParams, GateParams, HMEParams, zeros_params
+from .params import GateParams, HMEParams, zeros_params
 
 INIT_METHODS = ("kmeans", "kmeans_xy", "random")
 _LLOYD_ITERS = 25

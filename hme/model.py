@@ -231,23 +231,28 @@ def predict_proba(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=N
 
 #: A training row belongs to an expert's box when its posterior for that leaf is at least this.
 BOX_POSTERIOR = 0.5
+BOX_GATE_WEIGHT = 0.01
 
 
-def expert_boxes(spec: ModelSpec, leaf_post, X, sample_weight=None) -> ExpertBox:
-    """The input range of the training rows each expert explains, for clipping its inputs at prediction.
+def expert_boxes(spec: ModelSpec, leaf_post, leaf_gate, X, sample_weight=None) -> ExpertBox:
+    """The input range of the training rows each expert takes part in, for clipping its inputs at prediction.
 
-    Leaf l's box spans the expert features of the rows with ``h_tl ≥ BOX_POSTERIOR`` (and positive weight);
-    a leaf that explains no row that clearly gets the rows where it has the largest posterior, and failing that
-    the whole training range. NumPy in, NumPy out: ``lo``, ``hi`` of shape (L, p_e)."""
+    Leaf l's box spans the expert features of the rows (of positive weight) that it explains,
+    ``h_tl ≥ BOX_POSTERIOR``, or that its path weight brings into the predicted mean, ``g_tl ≥ BOX_GATE_WEIGHT``.
+    Inside the training data the clipped model is then the fitted model up to ``BOX_GATE_WEIGHT`` times the gap
+    between an expert's clipped and unclipped answers. A leaf with no such row gets the rows where it has the
+    largest posterior, and failing that the whole training range. NumPy in, NumPy out: ``leaf_post`` and
+    ``leaf_gate`` (n, L); ``lo``, ``hi`` of shape (L, p_e)."""
     X = np.asarray(X, np.float64)
     Xe = X if spec.expert_features is None else X[:, list(spec.expert_features)]
     h = np.asarray(leaf_post, np.float64)
+    g = np.asarray(leaf_gate, np.float64)
     ok = np.ones(len(X), bool) if sample_weight is None else np.asarray(sample_weight) > 0
     L, p = h.shape[1], Xe.shape[1]
     lo, hi = np.empty((L, p)), np.empty((L, p))
     top = np.argmax(h, axis=1)
     for l in range(L):
-        rows = ok & (h[:, l] >= BOX_POSTERIOR)
+        rows = ok & ((h[:, l] >= BOX_POSTERIOR) | (g[:, l] >= BOX_GATE_WEIGHT))
         if not rows.any():
             rows = ok & (top == l)
         if not rows.any():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ def worth_monitoring(spec, n_rows: int) -> bool:
     return n_rows * spec.tree.n_leaves * spec.n_expert_outputs * q * q >= MIN_WORK
 
 _lock = threading.Lock()
-_active: Optional["FitMonitor"] = None
+_active: FitMonitor | None = None
 
 
 class FitMonitor:

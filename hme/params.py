@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ class GateParams(NamedTuple):
 
     bias: jax.Array
     weight: jax.Array
-    cov: Optional[jax.Array] = None
+    cov: jax.Array | None = None
 
 
 class ExpertParams(NamedTuple):
@@ -40,7 +40,7 @@ class ExpertParams(NamedTuple):
 
     intercept: jax.Array
     coef: jax.Array
-    cov: Optional[jax.Array]
+    cov: jax.Array | None
 
 
 class HMEParams(NamedTuple):

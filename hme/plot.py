@@ -119,8 +119,15 @@ def tree(est, X, ax=None):
         ax.text(gate_x[g], y0, f"g{g}\n{100 * node_share[g]:.0f}%{split}", ha="center", va="center", fontsize=8,
                 bbox=dict(boxstyle="round", fc="lightsteelblue"))
     for l in range(t.n_leaves):
-        ax.text(leaf_x[l], -depth_leaf[l], f"leaf {l}\n{100 * share_leaf[l]:.0f}%", ha="center", va="center", fontsize=8,
-                bbox=dict(boxstyle="round", fc="wheat"))
+        ax.text(
+            leaf_x[l],
+            -depth_leaf[l],
+            f"leaf {l}\n{100 * share_leaf[l]:.0f}%",
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox=dict(boxstyle="round", fc="wheat"),
+        )
     ax.set(xlim=(-0.8, t.n_leaves - 0.2), ylim=(-t.depth - 0.6, 0.6), title="fitted tree (share of samples)")
     ax.axis("off")
     return ax
@@ -131,7 +138,13 @@ def traces(est, ax=None):
     ax = _axes(ax)
     for i, h in enumerate(est.restart_lower_bounds_):
         best = i == est.best_restart_
-        ax.plot(np.arange(len(h)), h, color="k" if best else None, lw=2 if best else 1, label=f"restart {i}" + (" (best)" if best else ""))
+        ax.plot(
+            np.arange(len(h)),
+            h,
+            color="k" if best else None,
+            lw=2 if best else 1,
+            label=f"restart {i}" + (" (best)" if best else ""),
+        )
     ax.set(xlabel="EM iteration", ylabel="mean log-likelihood (penalised)", title="EM traces")
     ax.legend(fontsize="small")
     return ax

@@ -70,11 +70,11 @@ def pooled_slopes(spec: ModelSpec, X, y, sample_weight, alpha) -> np.ndarray:
         for j in range(k):
             yj = Y[:, j]
 
-            def f(th):
+            def f(th, yj=yj):
                 eta = D @ th
                 return np.sum(w * (yj * eta - np.exp(eta) - gammaln(yj + 1))) - 0.5 * np.sum(pen * th**2)
 
-            def gh(th):
+            def gh(th, yj=yj):
                 mu = np.exp(D @ th)
                 return D.T @ (w * (yj - mu)) - pen * th, D.T @ ((w * mu)[:, None] * D) + np.diag(pen)
 

@@ -144,7 +144,7 @@ class ModelSpec:
         """Softmax gates that see exactly the expert features reuse the experts' design matrix and Grams."""
         return self.gate == "softmax" and self.gate_features == self.expert_features
 
-    def with_tree(self, tree: TreeSpec) -> "ModelSpec":
+    def with_tree(self, tree: TreeSpec) -> ModelSpec:
         return dataclasses.replace(self, tree=tree)
 
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
-Nested = Union[int, tuple, list]
+Nested = int | tuple | list
 
 
 def _normalize(node: Nested) -> tuple:
@@ -81,7 +80,7 @@ class TreeSpec:
 
     # -- constructors -------------------------------------------------------------------------------
     @classmethod
-    def complete(cls, depth: int, branching: int | Sequence[int] = 2) -> "TreeSpec":
+    def complete(cls, depth: int, branching: int | Sequence[int] = 2) -> TreeSpec:
         """Complete tree: every gate at level d has ``branching[d]`` children."""
         if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
@@ -101,7 +100,7 @@ class TreeSpec:
         return cls(build(0))
 
     @classmethod
-    def from_nested(cls, nested: Nested) -> "TreeSpec":
+    def from_nested(cls, nested: Nested) -> TreeSpec:
         """Irregular tree from nested lists: ``()`` is a leaf, an int k a gate with k leaves."""
         return cls(_normalize(nested))
 

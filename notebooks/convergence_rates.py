@@ -68,7 +68,7 @@ for name, res in results.items():
 
 # %%
 rows = []
-for name, res in results.items():
+for res in results.values():
     for r in res["results"]:
         for key, q in r["quantities"].items():
             rows.append((r["truth"], r["setting"], key, q["slope"], q["ci"], q["theory"], report.verdict(q)))

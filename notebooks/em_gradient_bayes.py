@@ -65,9 +65,20 @@ p0 = jax.device_get(hme.fit_em(spec, X, y, n_init=1, random_state=1, max_iter=1)
 fits = {
     "EM": hme.fit_em(spec, X, y, init_params=p0, max_iter=2000, tol=1e-8),
     "L-BFGS": hme.fit_gradient(spec, X, y, init_params=p0, max_iter=2000, tol=1e-8),
-    "Adam (lr 0.01)": hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam", learning_rate=0.01, max_iter=3000, tol=1e-8),
-    "Adam, minibatch 128": hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam", learning_rate=0.01,
-                                             batch_size=128, max_iter=100 if SMALL else 300, tol=1e-6),
+    "Adam (lr 0.01)": hme.fit_gradient(
+        spec, X, y, init_params=p0, optimizer="adam", learning_rate=0.01, max_iter=3000, tol=1e-8
+    ),
+    "Adam, minibatch 128": hme.fit_gradient(
+        spec,
+        X,
+        y,
+        init_params=p0,
+        optimizer="adam",
+        learning_rate=0.01,
+        batch_size=128,
+        max_iter=100 if SMALL else 300,
+        tol=1e-6,
+    ),
 }
 fig, ax = plt.subplots(figsize=(7, 4))
 best = max(float(f.objective) for f in fits.values())
@@ -77,7 +88,10 @@ for name, f in fits.items():
     per_iter = float(f.n_evaluations) / max(int(f.n_iter), 1)
     passes = np.arange(len(h)) * per_iter + 1
     ax.loglog(passes, np.maximum(best - h, 1e-10), label=f"{name}: {int(f.n_evaluations)} passes")
-    print(f"{name:22s} log-likelihood {float(f.log_likelihood):10.3f}  passes {int(f.n_evaluations):5d}  converged {bool(f.converged)}")
+    print(
+        f"{name:22s} log-likelihood {float(f.log_likelihood):10.3f}  passes {int(f.n_evaluations):5d}  converged "
+        f"{bool(f.converged)}"
+    )
 ax.set(xlabel="passes over the data", ylabel="best objective − objective", title="same start, same objective")
 ax.legend(fontsize="small")
 plt.show()
@@ -103,7 +117,7 @@ print(nuts.summary().round(3).to_string())
 
 fig, axs = plt.subplots(1, 2, figsize=(12, 4))
 order = np.argsort(Xs[:, 0])
-for ax, (name, b) in zip(axs, [("NUTS", nuts), ("SVI", svi)]):
+for ax, (name, b) in zip(axs, [("NUTS", nuts), ("SVI", svi)], strict=True):
     lo, hi = b.predict_interval(Xs[order], 0.9)
     ax.fill_between(Xs[order, 0], lo, hi, alpha=0.3, label="90% posterior-predictive interval")
     ax.plot(Xs[order, 0], b.predict(Xs[order]), "k", label="posterior-predictive mean")

@@ -36,8 +36,8 @@ from sklearn.model_selection import train_test_split
 
 import hme
 from hme import HMERegressor, HMESelector, datasets
-from hme.demo import relative_error
 from hme import plot as hplot
+from hme.demo import relative_error
 
 SMALL = os.environ.get("HME_NOTEBOOK_SMALL", "0") == "1"
 N_INIT = 2 if SMALL else 10
@@ -110,8 +110,8 @@ print(sel.table())
 # ## 3. kin8nm: depth buys accuracy
 #
 # Eight joint angles, one distance. A linear model explains little; each level of the tree doubles the number of
-# local linear models. We compare held-out relative error (Jordan & Jacobs' measure: test MSE / test variance of y, `hme.demo.relative_error`;
-# 1 is no better than predicting the mean) by depth, and draw the
+# local linear models. We compare held-out relative error (Jordan & Jacobs' measure: test MSE / test variance of
+# y, `hme.demo.relative_error`; 1 is no better than predicting the mean) by depth, and draw the
 # depth-3 tree with each gate's strongest input and each leaf's share of the data.
 
 # %%

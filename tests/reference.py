@@ -73,7 +73,7 @@ def oracle(spec, params, X, Y):
         leaves = []  # (prior, likelihood) per leaf in left-to-right order
         edges = {}
 
-        def up(node, path, prior):
+        def up(node, path, prior, x_g=x_g, x_e=x_e, yt=yt, leaves=leaves, edges=edges):
             """Returns the likelihood of the subtree; records priors of leaves and of edges."""
             gid = gate_of[path]
             probs = gate_probs(spec.gate, len(node), g.bias[gid], g.weight[gid], x_g, spec.laplace_smoothing)

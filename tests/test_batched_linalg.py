@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TOL, X64, dtypes
+from helpers import random_params, random_targets
 
 import hme
 from hme import batched_linalg as bl
 from hme.em import FitConfig, _fit, prepare_fit
-from conftest import TOL, X64, dtypes
-from helpers import random_params, random_targets
 
 SIZES = [1, 2, 5, 31, 32, 33, 70]
 
@@ -46,7 +46,9 @@ def test_cholesky_solve_inverse_logdet_match_numpy(P, dtype, rng):
     np.testing.assert_allclose(bl.inv_psd(A), inv, atol=tol * np.abs(inv).max())
     np.testing.assert_allclose(bl.logdet(factor), np.linalg.slogdet(A64)[1], atol=tol * P)
     Linv = np.asarray(bl.lower_inverse(factor), np.float64)
-    np.testing.assert_allclose(Linv @ np.asarray(factor.lower, np.float64), np.broadcast_to(np.eye(P), (3, P, P)), atol=tol * 10)
+    np.testing.assert_allclose(
+        Linv @ np.asarray(factor.lower, np.float64), np.broadcast_to(np.eye(P), (3, P, P)), atol=tol * 10
+    )
 
 
 def test_semidefinite_and_zero_matrices_give_finite_solutions(rng):
@@ -102,7 +104,10 @@ def test_fit_programs_call_no_lapack(kw, rng):
     params = random_params(spec, rng)
     if kw["gate"] == "gaussian":
         G, B, p_ = params.gates.weight.shape
-        params = hme.HMEParams(hme.GateParams(params.gates.bias, params.gates.weight, jnp.broadcast_to(jnp.eye(p_), (G, B, p_, p_))), params.experts)
+        params = hme.HMEParams(
+            hme.GateParams(params.gates.bias, params.gates.weight, jnp.broadcast_to(jnp.eye(p_), (G, B, p_, p_))),
+            params.experts,
+        )
     text = jax.jit(hme.log_likelihood.__wrapped__, static_argnums=0).lower(spec, params, X, y).as_text()
     assert not [c for c in _custom_calls(text) if _FORBIDDEN.search(c)]
 

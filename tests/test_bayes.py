@@ -2,17 +2,16 @@
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 pytest.importorskip("numpyro")
+from helpers import random_params  # noqa: E402
 from numpyro import handlers  # noqa: E402
 
 import hme  # noqa: E402
 from hme import bayes  # noqa: E402
-from helpers import random_params  # noqa: E402
 
 # truth on raw inputs, leaves in canonical order (leaf 0 predicts -1 at x = 0, leaf 1 predicts +1)
 TRUTH = {"gate_bias": 0.0, "gate_weight": 3.0, "intercept": (-1.0, 1.0), "coef": (-1.0, 2.0), "sigma": (0.5, 0.3)}

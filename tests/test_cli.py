@@ -22,7 +22,7 @@ def test_fit_a_csv_prints_the_table_and_saves_a_model_that_predicts_the_same(tmp
     X = rng.normal(size=(200, 2))
     y = np.where(X[:, 0] > 0, 1 + 2 * X[:, 1], -1 - X[:, 1]) + 0.1 * rng.normal(size=200)
     path = tmp_path / "d.csv"
-    rows = ["a,b,y"] + [f"{a:.6f},{b:.6f},{c:.6f}" for a, b, c in zip(X[:, 0], X[:, 1], y)]
+    rows = ["a,b,y"] + [f"{a:.6f},{b:.6f},{c:.6f}" for a, b, c in zip(X[:, 0], X[:, 1], y, strict=True)]
     rows.insert(5, "NA,0.5,1.0")  # a missing value: the row is dropped and counted
     path.write_text("\n".join(rows) + "\n")
     assert main(["fit", str(path), "--target", "y", "--depth", "1", "--n-init", "1"]) == 0

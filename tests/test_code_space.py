@@ -91,7 +91,8 @@ except MemoryError as e:
 @linux_only
 @pytest.mark.parametrize("mode", ["guarded", "unguarded"])
 def test_a_process_out_of_mappings_gets_a_clear_error_not_a_crash(mode):
-    # No preexec_fn: it runs os.fork's at-fork hooks in this multithreaded JAX process (a RuntimeWarning, an error here).
+    # No preexec_fn: it runs os.fork's at-fork hooks in this multithreaded JAX process (a RuntimeWarning, an error
+    # here).
     out = subprocess.run([sys.executable, "-c", _FILL, mode], capture_output=True, text=True, timeout=600)
     assert "FILLED" in out.stdout, out.stdout + out.stderr[-2000:]
     if mode == "guarded":

@@ -1,6 +1,5 @@
 """The main job runs on the bundled data and its numbers make sense."""
 
-import numpy as np
 
 from hme import demo
 

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import X64, dtypes, load_csv
+from helpers import random_params
 from scipy.optimize import linear_sum_assignment
 
 import hme
 from hme.em import _fit
-from conftest import X64, dtypes, load_csv
-from helpers import random_params
 
 # Monotonicity slack per dtype: the objective is a mean of n terms summed in that precision.
 MONO_SLACK = {np.float32: 2e-5, np.float64: 1e-10}
@@ -68,7 +68,9 @@ def test_depth_two_parameters_are_recovered(gate, rng):
         jnp.asarray([[[0, 0], [6.0, 0]], [[0, 0], [0, 6.0]], [[0, 0], [0, -6.0]]]),
     )
     if gate == "laplace":
-        g = hme.GateParams(jnp.zeros((3, 2)), jnp.asarray([[[-1.5, 0], [1.5, 0]], [[0, -1.5], [0, 1.5]], [[0, 1.5], [0, -1.5]]]))
+        g = hme.GateParams(
+            jnp.zeros((3, 2)), jnp.asarray([[[-1.5, 0], [1.5, 0]], [[0, -1.5], [0, 1.5]], [[0, 1.5], [0, -1.5]]])
+        )
     ex = hme.ExpertParams(
         jnp.asarray([[1.0], [-1.0], [2.0], [0.0]]),
         jnp.asarray([[[2.0], [0.0]], [[-1.0], [1.0]], [[0.0], [-2.0]], [[1.5], [1.5]]]),
@@ -95,7 +97,9 @@ def test_depth_two_parameters_are_recovered(gate, rng):
 def test_tonedata_reaches_published_log_likelihood():
     d = load_csv("tonedata.csv")
     spec = hme.make_spec(1, depth=1)
-    res = hme.fit_em(spec, d[["stretchratio"]].to_numpy(), d["tuned"].to_numpy(), n_init=10, random_state=0, tol=1e-10, max_iter=2000)
+    res = hme.fit_em(
+        spec, d[["stretchratio"]].to_numpy(), d["tuned"].to_numpy(), n_init=10, random_state=0, tol=1e-10, max_iter=2000
+    )
     # mixtools hmeEM, an independent NumPy EM and (142.838) flexmix: 142.848
     assert abs(float(res.log_likelihood) - 142.848) < 1e-3
     # the depth-1 tree is the flat mixture: the same value from the functional log-likelihood
@@ -110,9 +114,20 @@ def test_co2data_reaches_mixtools_solution():
     spec = hme.make_spec(1, depth=1, gate_features=())
     start = hme.HMEParams(
         hme.GateParams(jnp.asarray([[0.0, np.log(3.0)]]), jnp.zeros((1, 2, 0))),
-        hme.ExpertParams(jnp.asarray([[8.0], [1.0]]), jnp.asarray([[[-1.0]], [[1.0]]]), jnp.asarray([[[4.0]], [[1.0]]])),
+        hme.ExpertParams(
+            jnp.asarray([[8.0], [1.0]]), jnp.asarray([[[-1.0]], [[1.0]]]), jnp.asarray([[[4.0]], [[1.0]]])
+        ),
     )
-    res = hme.fit_em(spec, d[["GNP"]].to_numpy(), d["CO2"].to_numpy(), init_params=start, tol=1e-12, max_iter=5000, alpha=0.0, gate_alpha=0.0)
+    res = hme.fit_em(
+        spec,
+        d[["GNP"]].to_numpy(),
+        d["CO2"].to_numpy(),
+        init_params=start,
+        tol=1e-12,
+        max_iter=5000,
+        alpha=0.0,
+        gate_alpha=0.0,
+    )
     assert abs(float(res.log_likelihood) - (-66.93977)) < 1e-4
     lam = np.asarray(jax.nn.softmax(res.params.gates.bias[0]))
     np.testing.assert_allclose(lam, [0.754921, 0.245079], atol=1e-4)
@@ -145,7 +160,7 @@ def test_vmapped_restarts_equal_sequential_restarts(rng):
     np.testing.assert_allclose(np.asarray(both.restart_objective), objs, rtol=tol)
     assert int(both.best_restart) == int(np.argmax(objs))
     best = singles[int(np.argmax(objs))].params
-    for a, b in zip(jax.tree_util.tree_leaves(both.params), jax.tree_util.tree_leaves(best)):
+    for a, b in zip(jax.tree_util.tree_leaves(both.params), jax.tree_util.tree_leaves(best), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
@@ -155,7 +170,7 @@ def test_fit_is_reproducible_and_seeds_matter(rng):
     a = hme.fit_em(spec, X, y, random_state=5, n_init=2, max_iter=20)
     b = hme.fit_em(spec, X, y, random_state=5, n_init=2, max_iter=20)
     c = hme.fit_em(spec, X, y, random_state=6, n_init=2, max_iter=20)
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
     assert not np.allclose(np.asarray(a.restart_history), np.asarray(c.restart_history), equal_nan=True)
 
@@ -170,7 +185,7 @@ def test_warm_start_continues_the_same_path(rng):
     ten = hme.fit_em(spec, X, y, init_params=start, max_iter=10, tol=0.0)
     more = hme.fit_em(spec, X, y, init_params=ten.params, max_iter=10, tol=0.0)
     np.testing.assert_allclose(float(more.objective), float(twenty.objective), rtol=1e-10)
-    for u, v in zip(jax.tree_util.tree_leaves(more.params), jax.tree_util.tree_leaves(twenty.params)):
+    for u, v in zip(jax.tree_util.tree_leaves(more.params), jax.tree_util.tree_leaves(twenty.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-8)
 
 
@@ -183,7 +198,7 @@ def test_integer_weights_equal_duplicated_rows(rng):
     a = hme.fit_em(spec, X, y, sample_weight=w, init_params=start, max_iter=25, tol=0.0)
     b = hme.fit_em(spec, np.repeat(X, w, axis=0), np.repeat(y, w), init_params=start, max_iter=25, tol=0.0)
     np.testing.assert_allclose(float(a.log_likelihood), float(b.log_likelihood), rtol=1e-9)
-    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-9)
 
 
@@ -237,5 +252,7 @@ def test_import_does_not_flip_x64():
 
     code = "import jax; before = jax.config.jax_enable_x64; import hme; print(before, jax.config.jax_enable_x64)"
     env = {k: v for k, v in __import__('os').environ.items() if k != "JAX_ENABLE_X64"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
     assert out == ["False", "False"]

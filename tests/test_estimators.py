@@ -6,6 +6,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_csv
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
@@ -15,7 +16,6 @@ from sklearn.preprocessing import StandardScaler
 
 import hme
 from hme import HMEClassifier, HMERegressor
-from conftest import load_csv
 
 #: the (nearly) unpenalised maximum likelihood of the published references: the ridges of old
 ML = dict(alpha=1e-6, gate_alpha=1e-4, shrink_to="zero")
@@ -26,12 +26,18 @@ def _toy_hme(n, rng):
     spec = hme.make_spec(2, depth=1)
     truth = hme.HMEParams(
         hme.GateParams(jnp.asarray([[0.0, 0.0]]), jnp.asarray([[[0.0, 0.0], [4.0, 0.0]]])),
-        hme.ExpertParams(jnp.asarray([[1.0], [-1.0]]), jnp.asarray([[[2.0], [0.5]], [[-1.0], [1.0]]]), jnp.asarray([[[0.09]], [[0.25]]])),
+        hme.ExpertParams(
+            jnp.asarray([[1.0], [-1.0]]),
+            jnp.asarray([[[2.0], [0.5]], [[-1.0], [1.0]]]),
+            jnp.asarray([[[0.09]], [[0.25]]]),
+        ),
     )
     X = rng.uniform(-2, 2, size=(n, 2))
     pi = np.asarray(hme.gate_path_probs(spec, truth, X))
     leaf = (rng.uniform(size=n) < pi[:, 1]).astype(int)
-    mu = np.asarray(truth.experts.intercept)[leaf, 0] + np.einsum("np,np->n", X, np.asarray(truth.experts.coef)[leaf, :, 0])
+    mu = np.asarray(truth.experts.intercept)[leaf, 0] + np.einsum(
+        "np,np->n", X, np.asarray(truth.experts.coef)[leaf, :, 0]
+    )
     y = mu + np.sqrt(np.asarray(truth.experts.cov)[leaf, 0, 0]) * rng.normal(size=n)
     return spec, truth, X, y
 
@@ -42,9 +48,15 @@ def test_fit_predict_equals_functional_core(rng):
     box = (est.expert_input_min_, est.expert_input_max_)  # out_of_bounds="clip": each expert's own input range
     core = np.asarray(hme.predict_mean(est.spec_, est.params_, X, expert_box=box))[:, 0]
     np.testing.assert_allclose(est.predict(X), core, rtol=1e-12)
-    np.testing.assert_allclose(est.log_likelihood(X, y), np.asarray(hme.log_likelihood(est.spec_, est.params_, X, y, expert_box=box)), rtol=1e-12)
+    np.testing.assert_allclose(
+        est.log_likelihood(X, y),
+        np.asarray(hme.log_likelihood(est.spec_, est.params_, X, y, expert_box=box)),
+        rtol=1e-12,
+    )
     est.set_params(out_of_bounds="extrapolate")  # the parametric model everywhere
-    np.testing.assert_allclose(est.predict(X), np.asarray(hme.predict_mean(est.spec_, est.params_, X))[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(
+        est.predict(X), np.asarray(hme.predict_mean(est.spec_, est.params_, X))[:, 0], rtol=1e-12
+    )
     assert est.converged_ and est.n_iter_ == len(est.lower_bounds_) - 1
     assert np.all(np.diff(est.lower_bounds_) >= -1e-10 * np.abs(est.lower_bounds_[1:]))
 
@@ -82,14 +94,18 @@ def test_information_criteria_match_hand_computation(rng):
     np.testing.assert_allclose(est.bic(X, y), -2 * ll + k * np.log(300), rtol=1e-12)
     np.testing.assert_allclose(est.aic(X, y), -2 * ll + 2 * k, rtol=1e-12)
     h = est.posterior_leaf_proba(X, y)
-    np.testing.assert_allclose(est.icl(X, y), est.bic(X, y) - 2 * np.sum(h * np.log(np.clip(h, 1e-300, None))), rtol=1e-12)
+    np.testing.assert_allclose(
+        est.icl(X, y), est.bic(X, y) - 2 * np.sum(h * np.log(np.clip(h, 1e-300, None))), rtol=1e-12
+    )
     np.testing.assert_allclose(ll, est.log_likelihood_, rtol=1e-9)
 
 
 def test_tonedata_through_the_estimator():
     d = load_csv("tonedata.csv")
     # mixtools' hmeEM maximises the unpenalised likelihood: switch the default ridges off
-    est = HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000, **ML).fit(d[["stretchratio"]], d["tuned"])
+    est = HMERegressor(depth=1, n_init=10, random_state=0, tol=1e-10, max_iter=2000, **ML).fit(
+        d[["stretchratio"]], d["tuned"]
+    )
     assert abs(est.log_likelihood_ - 142.848) < 1e-3
     assert list(est.feature_names_in_) == ["stretchratio"]
 

@@ -3,11 +3,11 @@
 import jax
 import numpy as np
 import pytest
+from helpers import random_params, random_targets
 
 import hme
 from hme.gradient import from_unconstrained, to_unconstrained
 from hme.theory import truths as T
-from helpers import random_params, random_targets
 
 
 def _one_em_step_start(spec, X, y, seed=1):
@@ -93,7 +93,7 @@ def test_unconstrained_parameterisation_round_trips(cov, rng):
     p.gates.bias[:, 0] = 0.0
     opts = hme.FitOptions(0.0, 0.0, 0.0, np.full(2, 1e-4))
     back = from_unconstrained(spec, to_unconstrained(spec, p, opts), opts)
-    for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(back)):
+    for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(back), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=2e-7)  # 1e-3 x floor jitter
 
 
@@ -141,7 +141,9 @@ def test_gradient_fit_in_float32_follows_float64(rng):
     spec = hme.make_spec(1, depth=1)
     truth = T.softmax_s3()
     X, y = truth.sample(1000, np.random.default_rng(4))
-    p32 = hme.fit_gradient(spec, X.astype(np.float32), y.astype(np.float32), n_init=2, random_state=0, max_iter=500, tol=1e-6)
+    p32 = hme.fit_gradient(
+        spec, X.astype(np.float32), y.astype(np.float32), n_init=2, random_state=0, max_iter=500, tol=1e-6
+    )
     assert np.asarray(p32.params.experts.coef).dtype == np.float32
     assert np.isfinite(float(p32.log_likelihood))
     if jax.config.jax_enable_x64:

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import X64, load_csv
 
 import hme
 from hme.inference import canonicalize, free_parameters, observed_information
-from conftest import X64, load_csv
 
 pytestmark = pytest.mark.skipif(not X64, reason="inference checks run in float64")
 
@@ -19,7 +19,9 @@ def _truth():
     spec = hme.make_spec(1, depth=1)
     params = hme.HMEParams(
         hme.GateParams(jnp.asarray([[0.0, 0.5]]), jnp.asarray([[[0.0], [3.0]]])),
-        hme.ExpertParams(jnp.asarray([[1.0], [-1.0]]), jnp.asarray([[[2.0]], [[-1.5]]]), jnp.asarray([[[0.25]], [[0.16]]])),
+        hme.ExpertParams(
+            jnp.asarray([[1.0], [-1.0]]), jnp.asarray([[[2.0]], [[-1.5]]]), jnp.asarray([[[0.25]], [[0.16]]])
+        ),
     )
     return spec, params
 
@@ -76,8 +78,14 @@ def test_canonical_order_is_the_same_model_and_the_same_table(rng):
     spec = hme.make_spec(1, depth=2)
     res = hme.fit_em(spec, X, y, n_init=3, random_state=0)
     canon = canonicalize(spec, res.params, X.mean(0))
-    np.testing.assert_allclose(np.asarray(hme.log_likelihood(spec, canon, X, y)), np.asarray(hme.log_likelihood(spec, res.params, X, y)), rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(hme.predict_mean(spec, canon, X)), np.asarray(hme.predict_mean(spec, res.params, X)), rtol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(hme.log_likelihood(spec, canon, X, y)),
+        np.asarray(hme.log_likelihood(spec, res.params, X, y)),
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        np.asarray(hme.predict_mean(spec, canon, X)), np.asarray(hme.predict_mean(spec, res.params, X)), rtol=1e-10
+    )
     # siblings are ordered by mean prediction at the reference point
     key = np.asarray(canon.experts.intercept)[:, 0] + np.asarray(canon.experts.coef)[:, 0, 0] * X.mean()
     assert key[0] <= key[1] and key[2] <= key[3] and key[:2].mean() <= key[2:].mean()
@@ -115,7 +123,9 @@ def test_summary_is_a_table_with_wald_intervals(rng):
     np.testing.assert_allclose(t["z"][coef], (t["estimate"] / t["std_err"])[coef], rtol=1e-12)
     var = t[~coef]
     assert np.all(var["ci_lower"] > 0) and np.all(var["ci_lower"] < var["estimate"]) and np.all(var["z"].isna())
-    np.testing.assert_allclose(np.log(var["ci_upper"] / var["estimate"]), z90 * var["std_err"] / var["estimate"], rtol=1e-12)
+    np.testing.assert_allclose(
+        np.log(var["ci_upper"] / var["estimate"]), z90 * var["std_err"] / var["estimate"], rtol=1e-12
+    )
     assert t.attrs["log_likelihood"] == pytest.approx(float(reg.log_likelihood(X, y).sum()))
     assert t.attrs["bic"] == pytest.approx(reg.bic(X, y)) and t.attrs["not_identified"] == []
     np.testing.assert_allclose(np.sqrt(np.diag(t.attrs["covariance"])), t["std_err"], rtol=1e-12)

@@ -3,11 +3,11 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import hme
 from conftest import TOL, dtypes
 from helpers import one_hot, random_params, random_targets
 from reference import oracle
+
+import hme
 
 TREES = {
     "depth1-b2": hme.TreeSpec.complete(1, 2),
@@ -36,7 +36,9 @@ def _check_against_oracle(spec, rng, dtype, n=23):
     X = rng.normal(size=(n, spec.n_features))
     y = random_targets(spec, rng, n)
     params = random_params(spec, rng, dtype)
-    ll_ref, leaf_ref, edge_ref = oracle(spec, params, X, y if spec.expert != "categorical" else one_hot(y, spec.n_targets))
+    ll_ref, leaf_ref, edge_ref = oracle(
+        spec, params, X, y if spec.expert != "categorical" else one_hot(y, spec.n_targets)
+    )
     Xd = jnp.asarray(X, dtype)
     ll = np.asarray(hme.log_likelihood(spec, params, Xd, y))
     post = hme.posteriors(spec, params, Xd, y)
@@ -66,7 +68,11 @@ def test_families_match_oracle(fam, gate, dtype, rng):
 
 @pytest.mark.parametrize(
     "routing",
-    [dict(gate_features=(0,), expert_features=(1, 2)), dict(gate_features=(), expert_features=None), dict(gate_features=(2, 0), expert_features=())],
+    [
+        dict(gate_features=(0,), expert_features=(1, 2)),
+        dict(gate_features=(), expert_features=None),
+        dict(gate_features=(2, 0), expert_features=()),
+    ],
     ids=["split", "intercept-only-gate", "constant-experts"],
 )
 @pytest.mark.parametrize("gate", ["softmax", "laplace"])
@@ -105,7 +111,9 @@ def test_depth_one_tree_is_flat_mixture(rng):
     mu = np.asarray(e.intercept)[:, 0][None] + X @ np.asarray(e.coef)[:, :, 0].T
     var = np.asarray(e.cov)[:, 0, 0]
     dens = np.exp(-0.5 * (y[:, None] - mu) ** 2 / var) / np.sqrt(2 * np.pi * var)
-    np.testing.assert_allclose(np.asarray(hme.log_likelihood(spec, params, X, y)), np.log((pri * dens).sum(1)), rtol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(hme.log_likelihood(spec, params, X, y)), np.log((pri * dens).sum(1)), rtol=1e-10
+    )
     np.testing.assert_allclose(np.asarray(hme.predict_mean(spec, params, X))[:, 0], (pri * mu).sum(1), rtol=1e-10)
 
 

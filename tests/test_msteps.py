@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 from scipy.optimize import minimize
 from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRegressor
 
@@ -19,7 +20,6 @@ from hme import em, gates
 from hme._logit import masked_log_softmax, newton_cg, newton_curvature, unit_logits, unit_objective
 from hme.experts import categorical, gaussian, poisson
 from hme.model import edge_mass, make_design
-from helpers import random_params
 
 X64 = jax.config.jax_enable_x64
 pytestmark = pytest.mark.skipif(not X64, reason="reference comparisons run in float64")
@@ -38,7 +38,9 @@ def test_gaussian_m_step_is_weighted_least_squares(rng):
     from hme._linalg import weighted_gram
 
     p = random_params(spec, rng)
-    new = gaussian.m_step(spec, p.experts, D, jnp.asarray(y)[:, None], jnp.asarray(W), None, weighted_gram(D, jnp.asarray(W)), _opts())
+    new = gaussian.m_step(
+        spec, p.experts, D, jnp.asarray(y)[:, None], jnp.asarray(W), None, weighted_gram(D, jnp.asarray(W)), _opts()
+    )
     for l in range(4):
         ref = LinearRegression().fit(X, y, sample_weight=W[:, l])
         np.testing.assert_allclose(np.asarray(new.coef)[l, :, 0], ref.coef_, rtol=1e-8)
@@ -170,7 +172,9 @@ def test_newton_cg_solves_the_newton_system(rng):
     prob = jnp.exp(log_prob[:, :, 1:])
     grad = jnp.asarray(rng.normal(size=(U, C - 1, q)))
     pen = jnp.asarray(rng.uniform(0.01, 0.1, size=(U, C - 1, q)))
-    curv = np.asarray(newton_curvature(D, log_prob, totals, mask)) + np.stack([np.diag(p) for p in np.asarray(pen).reshape(U, -1)])
+    curv = np.asarray(newton_curvature(D, log_prob, totals, mask)) + np.stack(
+        [np.diag(p) for p in np.asarray(pen).reshape(U, -1)]
+    )
     exact = np.linalg.solve(curv, np.asarray(grad).reshape(U, -1, 1))[..., 0]
     ours = np.asarray(newton_cg(D, prob, totals, grad, pen, max_iter=200, rtol=1e-12)).reshape(U, -1)
     np.testing.assert_allclose(ours, exact, rtol=1e-7, atol=1e-9 * np.abs(exact).max())

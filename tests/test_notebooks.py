@@ -1,6 +1,5 @@
 """Every notebook executes in its small mode, and each `.py` notebook agrees with its paired `.ipynb`."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,9 @@ def test_notebook_runs_in_small_mode(path, monkeypatch, tmp_path):
     monkeypatch.setenv("HME_NOTEBOOK_SMALL", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend returns PNGs
     nb = jupytext.read(path)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not any(o.get("output_type") == "error" for o in outputs)

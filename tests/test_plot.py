@@ -5,10 +5,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+from conftest import load_csv  # noqa: E402
 
 import hme  # noqa: E402
 from hme import plot  # noqa: E402
-from conftest import load_csv  # noqa: E402
 
 
 def test_plots_draw_the_model():

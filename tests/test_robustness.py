@@ -26,7 +26,9 @@ def test_too_few_samples_for_the_tree_is_a_clear_error(rng):
     with pytest.raises(ValueError, match=r"n_samples=5 should be >= n_leaves=16"):
         HMEClassifier(depth=4).fit(X, (X[:, 0] > 0).astype(int))
     with pytest.raises(ValueError, match=r"n_samples=3 \(with positive weight\) should be >= the tree's 4 leaves"):
-        HMERegressor(depth=2).fit(np.vstack([X, X]), np.r_[X[:, 0], X[:, 0]], sample_weight=np.r_[1, 1, 1, 0, 0, 0, 0, 0, 0, 0.0])
+        HMERegressor(depth=2).fit(
+            np.vstack([X, X]), np.r_[X[:, 0], X[:, 0]], sample_weight=np.r_[1, 1, 1, 0, 0, 0, 0, 0, 0, 0.0]
+        )
 
 
 def test_stress_harness_small_run_has_no_failures():
@@ -104,7 +106,9 @@ def test_regressor_fits_or_raises_clearly(n, kinds, weights, dtype):
     rng = np.random.default_rng(n)
     X = _design(rng, n, kinds).astype(dtype)
     y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=n)
-    w = {"none": None, "fractional": rng.uniform(0.01, 2.0, n), "some zero": (np.arange(n) % 3 != 0).astype(float)}[weights]
+    w = {"none": None, "fractional": rng.uniform(0.01, 2.0, n), "some zero": (np.arange(n) % 3 != 0).astype(float)}[
+        weights
+    ]
     _check_fit_or_clear_error(HMERegressor(depth=1, max_iter=10, random_state=0), X, y, w)
 
 

@@ -2,8 +2,6 @@
 
 import warnings
 
-import numpy as np
-import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 

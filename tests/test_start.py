@@ -59,8 +59,8 @@ def test_screening_finds_what_single_random_starts_miss():
 def test_laplace_keys_stay_inside_the_data_of_their_gate():
     """Issue 11's setting: x ~ U[0, 1], a flat two-expert Laplace MoE, n = 1e5, default start: every key ends
     inside the data's range (the issue's fit left a key at -0.22, free to run on). Whether the fit also
-    reaches the truth is the start's job: 2 of these 3 truths do; seed 1's gate is nearly flat (probabilities 0.49-0.56) and its screened
-    start has the keys in the wrong order, so EM merges them (README, "Starting points")."""
+    reaches the truth is the start's job: 2 of these 3 truths do; seed 1's gate is nearly flat (probabilities
+    0.49-0.56) and its screened start has the keys in the wrong order, so EM merges them (README, "Starting points")."""
     spec = hme.make_spec(1, depth=1, gate="laplace")
     gaps = []
     for seed in range(3):
@@ -136,7 +136,7 @@ def test_integer_weights_equal_repeated_rows_from_the_default_start():
     a = hme.fit_em(spec, X, y, sample_weight=w, n_init=2, max_iter=30, tol=0.0, random_state=4)
     b = hme.fit_em(spec, np.repeat(X, w, axis=0), np.repeat(y, w), n_init=2, max_iter=30, tol=0.0, random_state=4)
     np.testing.assert_allclose(float(a.log_likelihood), float(b.log_likelihood), rtol=1e-8)
-    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-7)
 
 

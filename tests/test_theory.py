@@ -103,7 +103,9 @@ def test_two_level_loss_zero_at_truth_and_detects_inner_perturbation():
     moved = T.two_level_atoms(truth.params, truth.tree, 2)
     moved.inner[1].slope[0, 0] += 0.1
     res = two_level_loss(moved, atoms, "softmax", "laplace")
-    assert res["loss"] == pytest.approx(np.exp(truth.params.gates.bias[0, 1]) * moved.inner[1].weight[0] * 0.1, rel=1e-6)
+    assert res["loss"] == pytest.approx(
+        np.exp(truth.params.gates.bias[0, 1]) * moved.inner[1].weight[0] * 0.1, rel=1e-6
+    )
 
 
 # -- Gaussian gates ----------------------------------------------------------------------------------
@@ -116,7 +118,11 @@ def _gaussian_truth_params(rng, d=2, K=3):
     pi = rng.dirichlet(np.ones(K) * 3)
     return hme.HMEParams(
         hme.GateParams(jnp.asarray(np.log(pi))[None], jnp.asarray(means), jnp.asarray(covs)),
-        hme.ExpertParams(jnp.asarray(rng.normal(size=(K, 1))), jnp.asarray(rng.normal(size=(K, d, 1))), jnp.asarray(np.full((K, 1, 1), 0.1))),
+        hme.ExpertParams(
+            jnp.asarray(rng.normal(size=(K, 1))),
+            jnp.asarray(rng.normal(size=(K, d, 1))),
+            jnp.asarray(np.full((K, 1, 1), 0.1)),
+        ),
     )
 
 
@@ -125,7 +131,13 @@ def test_gaussian_gate_probabilities_match_scipy(rng):
     p = _gaussian_truth_params(rng)
     X = rng.normal(size=(50, 2))
     got = np.asarray(hme.gate_path_probs(spec, p, X))
-    dens = np.stack([np.exp(p.gates.bias[0, k]) * multivariate_normal(p.gates.weight[0, k], p.gates.cov[0, k]).pdf(X) for k in range(3)], 1)
+    dens = np.stack(
+        [
+            np.exp(p.gates.bias[0, k]) * multivariate_normal(p.gates.weight[0, k], p.gates.cov[0, k]).pdf(X)
+            for k in range(3)
+        ],
+        1,
+    )
     np.testing.assert_allclose(got, dens / dens.sum(1, keepdims=True), rtol=1e-9)
 
 
@@ -229,7 +241,9 @@ def test_rates_command_reports_both_starts_side_by_side(tmp_path):
 def test_rates_command_writes_json_table_and_plots(tmp_path):
     from hme.cli import main
 
-    assert main(["rates", "laplace-flat", "--quick", "--settings", "exact", "--no-em-rate", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["rates", "laplace-flat", "--quick", "--settings", "exact", "--no-em-rate", "--out", str(tmp_path)]) == 0
+    )
     data = json.loads((tmp_path / "rates.json").read_text())
     assert data["experiment"] == "laplace-flat" and data["results"][0]["quantities"]["D"]["theory"] == -0.5
     assert "| D |" in (tmp_path / "rates.md").read_text()

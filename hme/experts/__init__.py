@@ -9,7 +9,6 @@ all batched over leaves (no Python loop over leaves).
 """
 
 from . import categorical, gaussian, poisson
-from ._linear import linear_predictor, theta
 
 FAMILIES = {"gaussian": gaussian, "categorical": categorical, "poisson": poisson}
 

@@ -9,4 +9,13 @@
 
 from .voronoi import RBAR, Atoms, LossResult, TwoLevelAtoms, exponents, two_level_loss, voronoi_cells, voronoi_loss
 
-__all__ = ["RBAR", "Atoms", "LossResult", "TwoLevelAtoms", "exponents", "two_level_loss", "voronoi_cells", "voronoi_loss"]
+__all__ = [
+    "RBAR",
+    "Atoms",
+    "LossResult",
+    "TwoLevelAtoms",
+    "exponents",
+    "two_level_loss",
+    "voronoi_cells",
+    "voronoi_loss",
+]

@@ -83,9 +83,9 @@ def em_rate(spec: ModelSpec, X, y, start, n_steps: int = 400, gate_alpha: float 
 
 def compare_gates(n: int = 2000, seed: int = 0) -> list[dict]:
     """EM's rate for a softmax-gated (S3 truth) and a Laplace-gated (FuseMoE truth) two-expert model."""
+    from ..tree import TreeSpec
     from . import truths as T
     from .experiments import flat_start
-    from ..tree import TreeSpec
 
     out = []
     rng = np.random.default_rng(seed)

@@ -119,7 +119,9 @@ def _fit_batch(spec, cfg, X, y, w, starts, opts):
     return jax.vmap(one)(X, y, w, starts)
 
 
-def fit_replicates(spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, gate_alpha=1e-8, pad_to=None, chunk=None):
+def fit_replicates(
+    spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, gate_alpha=1e-8, pad_to=None, chunk=None
+):
     """Fit every replicate from its starts (list over replicates of lists over restarts) in float64.
 
     Rows are padded with zero weight to ``pad_to`` (default: the next power of two), so sizes share programs.
@@ -129,8 +131,12 @@ def fit_replicates(spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, g
     if chunk is None:
         chunk = 1
     if len(datasets) > chunk:
-        parts = [fit_replicates(spec, datasets[i:i + chunk], starts[i:i + chunk], max_iter, tol, gate_alpha, pad_to, chunk)
-                 for i in range(0, len(datasets), chunk)]
+        parts = [
+            fit_replicates(
+                spec, datasets[i : i + chunk], starts[i : i + chunk], max_iter, tol, gate_alpha, pad_to, chunk
+            )
+            for i in range(0, len(datasets), chunk)
+        ]
         return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     with jax.enable_x64(True):
         n = datasets[0][0].shape[0]
@@ -141,7 +147,9 @@ def fit_replicates(spec: ModelSpec, datasets, starts, max_iter=2000, tol=1e-6, g
         w = np.zeros((R, m))
         for r, (Xr, yr) in enumerate(datasets):
             X[r, :n], y[r, :n, 0], w[r, :n] = Xr, yr, 1.0
-        stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *[jax.tree_util.tree_map(lambda *b: np.stack(b), *s) for s in starts])
+        stacked = jax.tree_util.tree_map(
+            lambda *a: np.stack(a), *[jax.tree_util.tree_map(lambda *b: np.stack(b), *s) for s in starts]
+        )
         opts = FitOptions(jnp.asarray(tol), jnp.asarray(0.0), jnp.asarray(gate_alpha), jnp.asarray([1e-8]))
         cfg = FitConfig(int(max_iter), len(starts[0]), "random", "newton", "newton", True)
         out = _fit_batch(spec, cfg, jnp.asarray(X), jnp.asarray(y), jnp.asarray(w), stacked, opts)
@@ -188,8 +196,10 @@ def plan(experiment: str, quick: bool = False, restarts: int | None = None, max_
         truths = [T.hmoe(k) for k in ("SS", "SL", "LL")]
         # one near-truth start per fit keeps the full run under 30 minutes (docs/theory.md §6.2 suggests 5 restarts:
         # `hme rates hmoe --restarts 3` takes about an hour)
-        settings = [Setting("k2=(2,2) (exact)", "exact", (2, 2)), Setting("k2=(3,2) (over, |A|=2)", "over", (3, 2), 1)] + (
-            [] if quick else [Setting("k2=(4,2) (over, |A|=3)", "over", (4, 2), 1)])
+        settings = [
+            Setting("k2=(2,2) (exact)", "exact", (2, 2)),
+            Setting("k2=(3,2) (over, |A|=2)", "over", (3, 2), 1),
+        ] + ([] if quick else [Setting("k2=(4,2) (over, |A|=3)", "over", (4, 2), 1)])
     else:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
     if quick:  # EM capped at 500 iterations: slow over-specified fits may stop early (reported: "EM converged")
@@ -211,7 +221,10 @@ def _spec_for(truth, setting) -> ModelSpec:
 
 def _score(truth, setting, params) -> dict:
     """Loss and per-parameter errors of one fitted replicate (non-finite parameters: a failure)."""
-    if not all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(params)) or np.max(np.abs(params.gates.bias)) > 600:
+    if (
+        not all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(params))
+        or np.max(np.abs(params.gates.bias)) > 600
+    ):
         return {"D": np.inf, "failed": True}
     if isinstance(truth, T.TwoLevelTruth):
         tree = two_level_tree(setting.k_fit)
@@ -242,7 +255,9 @@ def theory_slope(truth, setting, quantity: str) -> float | None:
         fam = truth.inner
         e = exponents(fam, m)
         if truth.outer == "softmax" and truth.inner == "laplace" and name == "slope":
-            e = exponents("softmax", m)  # SL: no gain claimed for the expert slope (docs/theory.md §4.4, low confidence)
+            e = exponents(
+                "softmax", m
+            )  # SL: no gain claimed for the expert slope (docs/theory.md §4.4, low confidence)
     else:
         m = setting.k_fit - truth.k + 1  # one over-specified cell holding all extra atoms, at most
         m = min(m, 3)
@@ -308,7 +323,9 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     p = plan(experiment, quick, restarts, max_iter)
-    chosen = p["settings"] if settings is None else [s for s in p["settings"] if s.kind in settings or s.name in settings]
+    chosen = (
+        p["settings"] if settings is None else [s for s in p["settings"] if s.kind in settings or s.name in settings]
+    )
     rng = np.random.default_rng(seed)
     out = {"experiment": experiment, "quick": quick, "n": p["n"].tolist(), "replicates": p["replicates"],
            "max_iter": p["max_iter"], "tol": p["tol"], "start": start, "results": []}
@@ -323,9 +340,14 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
                 # both protocols draw the same data, starts and seed, so their slopes compare on the same samples
                 fit_seed = int(rng.integers(2**31))
                 if isinstance(truth, T.TwoLevelTruth):
-                    starts = [[two_level_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data]
+                    starts = [
+                        [two_level_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)]
+                        for _ in data
+                    ]
                 else:
-                    starts = [[flat_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data]
+                    starts = [
+                        [flat_start(truth, setting.k_fit, int(n), rng) for _ in range(setting.restarts)] for _ in data
+                    ]
                 if start == "default":
                     params, obj, n_iter, conv = fit_from_default_start(spec, data, p["max_iter"], p["tol"],
                                                                        seed=fit_seed)
@@ -336,7 +358,7 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
                                                                pad_to=pad)
                 scores = []
                 for r in range(len(data)):
-                    pr = jax.tree_util.tree_map(lambda a: a[r], params)
+                    pr = jax.tree_util.tree_map(lambda a, r=r: a[r], params)
                     scores.append(_score(truth, setting, pr))
                 rows.append({"n": int(n), "scores": scores, "n_iter": n_iter.tolist(), "converged": conv.tolist()})
             out["results"].append(_summarise(truth, setting, rows, time.perf_counter() - t0))
@@ -344,8 +366,11 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
             if start == "default":
                 out["results"][-1]["restarts"] = DEFAULT_START_RESTARTS
             r = out["results"][-1]
-            log(f"{truth.name:28s} {setting.name:26s} D slope {r['quantities']['D']['slope']:+.3f} "
-                f"(theory {r['quantities']['D']['theory']:+.2f}), failures {r['failure_rate']:.1%}, {r['seconds']:.0f} s")
+            log(
+                f"{truth.name:28s} {setting.name:26s} D slope {r['quantities']['D']['slope']:+.3f} "
+                f"(theory {r['quantities']['D']['theory']:+.2f}), failures {r['failure_rate']:.1%}, "
+                f"{r['seconds']:.0f} s"
+            )
     out["seconds"] = time.perf_counter() - t_start
     return out
 

@@ -29,7 +29,10 @@ def _start_table(results: dict) -> list[str]:
     rows = {}
     for r in results["results"]:
         rows.setdefault((r["truth"], r["setting"]), {})[r.get("start", "near-truth")] = r["quantities"].get("D")
-    lines = ["| truth | setting | theory | D slope, near-truth starts | D slope, default start |", "|---|---|---|---|---|"]
+    lines = [
+        "| truth | setting | theory | D slope, near-truth starts | D slope, default start |",
+        "|---|---|---|---|---|",
+    ]
     for (truth, setting), by in rows.items():
         cells = []
         theory = next((q["theory"] for q in by.values() if q and q.get("theory") is not None), None)
@@ -43,8 +46,10 @@ def _start_table(results: dict) -> list[str]:
 
 def to_markdown(results: dict) -> str:
     lines = [f"# Convergence rates: `{results['experiment']}`" + (" (quick)" if results["quick"] else ""), ""]
-    lines.append(f"n grid: {results['n']}; {results['replicates']} replicates per n; EM capped at "
-                 f"{results.get('max_iter', '?')} iterations, tolerance {results.get('tol', '?')}; {results['seconds']:.0f} s.")
+    lines.append(
+        f"n grid: {results['n']}; {results['replicates']} replicates per n; EM capped at "
+        f"{results.get('max_iter', '?')} iterations, tolerance {results.get('tol', '?')}; {results['seconds']:.0f} s."
+    )
     lines.append("Slopes: OLS of log(mean loss) on log n, 95% bootstrap interval over replicates. "
                  "Theory: -1/(2e) for a loss exponent e (docs/theory.md §2, §4.4).")
     lines.append("")
@@ -60,8 +65,10 @@ def to_markdown(results: dict) -> str:
         lines.append("|---|---|---|---|---|---|---|")
         for key, q in r["quantities"].items():
             th = "-" if q["theory"] is None else f"{q['theory']:+.3f}"
-            lines.append(f"| {key} | {q['slope']:+.3f} | [{q['ci'][0]:+.3f}, {q['ci'][1]:+.3f}] | {th} | {verdict(q)} | "
-                         f"{q['mean'][0]:.3g} | {q['mean'][-1]:.3g} |")
+            lines.append(
+                f"| {key} | {q['slope']:+.3f} | [{q['ci'][0]:+.3f}, {q['ci'][1]:+.3f}] | {th} | {verdict(q)} | "
+                f"{q['mean'][0]:.3g} | {q['mean'][-1]:.3g} |"
+            )
         lines.append("")
     if "em_rate" in results:
         lines.append("## EM's linear rate (Jordan & Xu 1995)")
@@ -69,7 +76,9 @@ def to_markdown(results: dict) -> str:
         lines.append("| gate | truth | n | ρ from iterates | ρ = spectral radius of the EM-step Jacobian |")
         lines.append("|---|---|---|---|---|")
         for e in results["em_rate"]:
-            lines.append(f"| {e['gate']} | {e['truth']} | {e['n']} | {e['rho_iterates']:.4f} | {e['rho_jacobian']:.4f} |")
+            lines.append(
+                f"| {e['gate']} | {e['truth']} | {e['n']} | {e['rho_iterates']:.4f} | {e['rho_jacobian']:.4f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -81,7 +90,7 @@ def plot(results: dict, path: str, quantities=("D",)) -> None:
     res = results["results"]
     fig = Figure(figsize=(4.2 * len(res), 3.6))
     axes = fig.subplots(1, len(res), squeeze=False)
-    for ax, r in zip(axes[0], res):
+    for ax, r in zip(axes[0], res, strict=True):
         n = np.asarray(r["n"], float)
         for key in quantities:
             q = r["quantities"].get(key)

@@ -125,9 +125,11 @@ def laplace_fusemoe() -> FlatTruth:
 
 
 def gaussian_s7(model: int = 1) -> FlatTruth:
-    """S7 (docs/theory.md §5.2) Gaussian-gated truth, k* = 3; model 1/2: d = 1, 3/4: d = 2; models 2, 4: type II (c*_1 = 0).
+    """S7 (docs/theory.md §5.2) Gaussian-gated truth, k* = 3; model 1/2: d = 1, 3/4: d = 2; models 2, 4: type II
+    (c*_1 = 0).
 
-    ν* is not stated in docs/theory.md's sources we could read (it lives in the authors' ``models.py``): (0.01, 0.02, 0.015) here."""
+    ν* is not stated in docs/theory.md's sources we could read (it lives in the authors' ``models.py``):
+    (0.01, 0.02, 0.015) here."""
     if model not in (1, 2, 3, 4):
         raise ValueError("model must be 1, 2, 3 or 4")
     d = 1 if model in (1, 2) else 2
@@ -142,7 +144,12 @@ def gaussian_s7(model: int = 1) -> FlatTruth:
     means = np.repeat(c[:, None], d, axis=1)[None]
     covs = (gam[:, None, None] * np.eye(d)[None])[None]
     coef = np.repeat(A[:, None], d, axis=1)  # duplicated for d = 2
-    return FlatTruth(f"S7 Gaussian gate, model {model}", "gaussian", _np_params(np.log(pi)[None], means, b, coef, nu, covs), design="joint")
+    return FlatTruth(
+        f"S7 Gaussian gate, model {model}",
+        "gaussian",
+        _np_params(np.log(pi)[None], means, b, coef, nu, covs),
+        design="joint",
+    )
 
 
 # -- two-level truths (docs/theory.md §6.2; a design of ours, not the HMoE paper's) --------------------------

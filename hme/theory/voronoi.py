@@ -78,12 +78,12 @@ class Atoms:
     def k(self) -> int:
         return len(self.weight)
 
-    def take(self, idx) -> "Atoms":
+    def take(self, idx) -> Atoms:
         idx = np.asarray(idx)
         cov = None if self.gate_cov is None else self.gate_cov[idx]
         return Atoms(self.weight[idx], self.gate[idx], self.slope[idx], self.bias[idx], self.var[idx], cov)
 
-    def shifted(self, t0: float, t1: np.ndarray | None = None) -> "Atoms":
+    def shifted(self, t0: float, t1: np.ndarray | None = None) -> Atoms:
         """Every weight times ``e^{t0}`` and (softmax) every gate slope plus ``t1``."""
         gate = self.gate if t1 is None else self.gate + np.asarray(t1)[None]
         return Atoms(self.weight * np.exp(t0), gate, self.slope, self.bias, self.var, self.gate_cov)
@@ -185,7 +185,9 @@ def voronoi_loss(fit: Atoms, truth: Atoms, gate: str, translate: bool = True) ->
     values = np.array([objective(t) for t in starts])
     best_t, best_v = starts[int(np.argmin(values))], float(np.min(values))
     for idx in np.argsort(values)[:3]:
-        res = minimize(objective, starts[idx], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 400 * dim})
+        res = minimize(
+            objective, starts[idx], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 400 * dim}
+        )
         if res.fun < best_v:
             best_t, best_v = res.x, float(res.fun)
     out = _loss_fixed(fit.shifted(*unpack(best_t)), truth, gate)
@@ -217,7 +219,13 @@ def two_level_loss(fit: TwoLevelAtoms, truth: TwoLevelAtoms, outer_gate: str, in
     translation minimises the outer part, each group's inner translation its inner part. Returns the loss, the
     inner :class:`LossResult` of each true group, the outer errors and a failure flag.
     """
-    outer_fit = Atoms(fit.outer_weight, fit.outer_gate, np.zeros((len(fit.outer_weight), 1)), np.zeros(len(fit.outer_weight)), np.zeros(len(fit.outer_weight)))
+    outer_fit = Atoms(
+        fit.outer_weight,
+        fit.outer_gate,
+        np.zeros((len(fit.outer_weight), 1)),
+        np.zeros(len(fit.outer_weight)),
+        np.zeros(len(fit.outer_weight)),
+    )
     k1 = len(truth.outer_weight)
     outer_true = Atoms(truth.outer_weight, truth.outer_gate, np.zeros((k1, 1)), np.zeros(k1), np.zeros(k1))
     outer = voronoi_loss(outer_fit, outer_true, outer_gate)
