@@ -97,7 +97,8 @@ def canonicalize(spec: ModelSpec, params: HMEParams, x_ref) -> HMEParams:
         b_old = g.bias[go, sig]
         w_old = g.weight[go, sig]
         bias[gn, :k] = b_old - b_old[0]
-        weight[gn, :k] = w_old - w_old[0] if spec.gate == "softmax" else w_old
+        # softmax slopes are relative to the reference child; Laplace keys are locations and stay
+        weight[gn, :k] = w_old - w_old[0] if spec.gate_kinds[gn] == "softmax" else w_old
     L = spec.tree.n_leaves
     perm = np.array([new_of_old_leaf[l] for l in range(L)])
     ex = ExpertParams(e.intercept[perm], e.coef[perm], None if e.cov is None else e.cov[perm])
@@ -129,9 +130,10 @@ def _parameter_map(spec, params, feature_names=None):
                 continue
             if c > 0:
                 src_gb[gi, c] = take(f"gate {gi} child {c}: bias")
-            if c > 0 or spec.gate == "laplace":
+            laplace = spec.gate_kinds[gi] == "laplace"
+            if c > 0 or laplace:
                 for j, nm in enumerate(gnames):
-                    what = "key" if spec.gate == "laplace" else "coef"
+                    what = "key" if laplace else "coef"
                     src_gw[gi, c, j] = take(f"gate {gi} child {c}: {what} {nm}")
     k = spec.n_expert_outputs
     out = lambda kk: "" if k == 1 else (f" [class {kk + 1}]" if spec.expert == "categorical" else f" [y{kk}]")

@@ -168,3 +168,44 @@ def test_summary_of_diabetes_depth_2_has_no_zero_standard_errors():
     se = t["std_err"].to_numpy()
     assert not np.any(se == 0)
     assert np.all(np.isfinite(se) == ~t.index.isin(t.attrs["not_identified"]))
+
+
+def test_free_parameters_follow_each_levels_gate_family(rng):
+    """Softmax above Laplace (issue 13's bug: the family test looked at the whole tree, so a mixed tree had its
+    Laplace keys fixed). Level 0 (softmax): child 1's bias and slopes are free, child 0 is the reference; level 1
+    (Laplace): child 1's bias and both children's keys are free. The Hessian over exactly these parameters matches
+    finite differences, and the canonical order keeps the softmax reference at zero and the likelihood unchanged."""
+    p = 2
+    spec = hme.make_spec(p, depth=2, gate=("softmax", "laplace"))
+    params = hme.HMEParams(
+        hme.GateParams(
+            jnp.asarray([[0.0, 0.3], [0.0, -0.2], [0.0, 0.4]]),
+            jnp.asarray([[[0.0, 0.0], [2.0, -1.0]], [[-0.8, 0.1], [0.7, 0.5]], [[0.2, -0.9], [-0.3, 0.8]]]),
+        ),
+        hme.ExpertParams(
+            jnp.asarray([[2.0], [1.5], [-1.0], [0.5]]),  # the right subtree predicts less: canonical order swaps
+            jnp.asarray(0.1 * rng.normal(size=(4, p, 1))),
+            jnp.asarray(np.full((4, 1, 1), 0.3)),
+        ),
+    )
+    theta, unflatten, names = free_parameters(spec, params)
+    n_gate = (1 + p) + 2 * (1 + 2 * p)
+    assert len(names) == n_gate + 4 * (1 + p) + 4
+    assert sum("coef" in nm for nm in names[:n_gate]) == p and sum("key" in nm for nm in names[:n_gate]) == 4 * p
+    assert "gate 1 child 0: key x0" in names and "gate 0 child 0: coef x0" not in names
+    back = unflatten(theta)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    X = rng.uniform(-1.5, 1.5, size=(300, p))
+    y = rng.normal(size=300)
+    _, _, info = observed_information(spec, params, X, y)
+    f = jax.jit(lambda th: hme.log_likelihood(spec, unflatten(th), X, y).sum())
+    th, h = np.asarray(theta), 1e-4
+    for i in range(len(th)):  # the diagonal, every parameter
+        e = np.eye(len(th))[i] * h
+        fd = (f(th + e) - 2 * f(th) + f(th - e)) / h**2
+        np.testing.assert_allclose(-np.asarray(info)[i, i], fd, rtol=1e-3, atol=1e-3)
+    canon = canonicalize(spec, params, X.mean(0))
+    np.testing.assert_allclose(np.asarray(canon.gates.weight)[0], [[0.0, 0.0], [-2.0, 1.0]])  # swapped, re-referenced
+    ll_canon, ll = hme.log_likelihood(spec, canon, X, y), hme.log_likelihood(spec, params, X, y)
+    np.testing.assert_allclose(np.asarray(ll_canon), np.asarray(ll), rtol=1e-10)
