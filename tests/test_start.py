@@ -60,7 +60,8 @@ def test_laplace_keys_stay_inside_the_data_of_their_gate():
     """Issue 11's setting: x ~ U[0, 1], a flat two-expert Laplace MoE, n = 1e5, default start: every key ends
     inside the data's range (the issue's fit left a key at -0.22, free to run on). Whether the fit also
     reaches the truth is the start's job: 2 of these 3 truths do; seed 1's gate is nearly flat (probabilities
-    0.49-0.56) and its screened start has the keys in the wrong order, so EM merges them (README, "Starting points")."""
+    0.49-0.56) and its screened start has the keys in the wrong order, so EM merges them (docs/core.md,
+    "Starting points")."""
     spec = hme.make_spec(1, depth=1, gate="laplace")
     gaps = []
     for seed in range(3):
