@@ -120,7 +120,8 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
         jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
         jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
     )
-    opts = em.FitOptions(*(jnp.asarray(v, dtype) for v in (0.0, 1e-6, 1e-4)), jnp.full((1,), 1e-6, dtype))
+    opts = em.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
+                         gate_alpha=jnp.asarray(1e-4, dtype), var_floor=jnp.full((1,), 1e-6, dtype))
     cfg = em.FitConfig(gate_solver=gate_solver)
     params = jax.tree_util.tree_map(jnp.asarray, res.params)
     params = hme.params.center_params(spec, params, jnp.asarray(X.mean(0)), +1.0)

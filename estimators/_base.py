@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import hme
 from hme import model as _model
@@ -71,14 +71,37 @@ def _input_variances(X, sample_weight, features) -> np.ndarray:
     return np.where(var > 0, var, 1.0)
 
 
-def _precision(dtype):
+def check_sample_weight(sample_weight, X, dtype) -> np.ndarray:
+    """``sample_weight`` as a 1-D array of ``dtype`` with one finite, non-negative weight per row of ``X``, not
+    all zero (None: all ones; a number: that weight for every row)."""
+    n = X.shape[0]
+    if sample_weight is None:
+        return np.ones(n, dtype=dtype)
+    if isinstance(sample_weight, numbers.Number):
+        sample_weight = np.full(n, sample_weight, dtype=dtype)
+    else:
+        sample_weight = check_array(sample_weight, ensure_2d=False, dtype=dtype, input_name="sample_weight")
+        if sample_weight.ndim != 1:
+            raise ValueError(f"sample_weight must be 1-D, got an array of shape {sample_weight.shape}")
+        if sample_weight.shape[0] != n:
+            raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries for {n} samples")
+    if not np.all(np.isfinite(sample_weight)):
+        raise ValueError("sample_weight contains NaN or infinity")
+    if np.any(sample_weight < 0):
+        raise ValueError("Negative values in data passed to `sample_weight`")
+    if not np.any(sample_weight > 0):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return sample_weight
+
+
+def precision_scope(dtype):
     """Run the core in the input's precision without flipping the global x64 flag."""
     if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
         return jax.enable_x64(True)
     return contextlib.nullcontext()
 
 
-class _HMEBase(BaseEstimator):
+class HMEBase(BaseEstimator):
     #: the strength ``alpha="auto"`` stands for (pseudo-observations on the standardised scale)
     _auto_alpha = AUTO_ALPHA
     _parameter_constraints: dict = {
@@ -212,7 +235,7 @@ class _HMEBase(BaseEstimator):
             var_floor=var_floor,
             verbose=int(bool(self.verbose)),
         )
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             if self.solver == "gradient":
                 res = hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
                                        batch_size=self.batch_size, **common)
@@ -228,10 +251,10 @@ class _HMEBase(BaseEstimator):
         # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):
         # the same optimum always gives the same parameter table
         x_ref = np.average(np.asarray(X, np.float64), axis=0, weights=np.asarray(sample_weight, np.float64))
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             canon = canonicalize(spec, res.params, x_ref)
         self.params_ = jax.tree_util.tree_map(np.asarray, canon)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             post = _model.posteriors(spec, canon, X, Y)["leaf"]
             gate = _model.gate_path_probs(spec, canon, X)
         self.expert_input_min_, self.expert_input_max_ = _model.expert_boxes(spec, post, gate, X, sample_weight)
@@ -333,14 +356,14 @@ class _HMEBase(BaseEstimator):
     def predict_leaf_proba(self, X):
         """Gate path probabilities π_l(x) of every leaf, shape (n_samples, n_leaves)."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             return np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X))  # gates: X clipped above
 
     def predict_expert_mean(self, X):
         """Every expert's own prediction μ_l(x) (class probabilities for classifiers), shape (n_samples, n_leaves)
         for one output, else (n_samples, n_leaves, n_outputs)."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
         return mu[..., 0] if mu.shape[-1] == 1 else mu
 
@@ -350,7 +373,7 @@ class _HMEBase(BaseEstimator):
         from hme.describe import describe_tree
 
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             return describe_tree(
                 self._spec, self._params_jax(), X, feature_names=getattr(self, "feature_names_in_", None)
             )
@@ -373,21 +396,21 @@ class _HMEBase(BaseEstimator):
         experts' inputs clipped as ``out_of_bounds`` says (``bic``, ``aic``, ``icl`` and ``summary`` use the
         fitted parametric model)."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y),
                                                     expert_box=self._expert_box()))
 
     def posterior_leaf_proba(self, X, y):
         """Posterior leaf probabilities h_l given (x, y), shape (n_samples, n_leaves)."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             return np.asarray(_model.posteriors(self._spec, self._params_jax(), X, self._core_y(y),
                                                 expert_box=self._expert_box())["leaf"])
 
     def _parametric_log_likelihood(self, X, y):
         """log p(y | x) of the fitted parametric model (no ``out_of_bounds`` clipping of the experts)."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y)))
 
     def bic(self, X, y):
@@ -403,7 +426,7 @@ class _HMEBase(BaseEstimator):
     def icl(self, X, y):
         """Integrated completed likelihood: BIC + 2 × entropy of the leaf posteriors (Biernacki et al. 2000)."""
         X_checked = self._check_X(X)
-        with _precision(X_checked.dtype):
+        with precision_scope(X_checked.dtype):
             h = np.asarray(_model.posteriors(self._spec, self._params_jax(), X_checked, self._core_y(y))["leaf"])
         ent = -np.sum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))
         return self.bic(X, y) + 2 * float(ent)
@@ -434,11 +457,13 @@ class _HMEBase(BaseEstimator):
         X = self._check_X(X)
         yc = self._core_y(y)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+            sample_weight = check_sample_weight(sample_weight, X, dtype=X.dtype)
         pen = getattr(self, "_penalty", None)
-        opts = None if pen is None else hme.FitOptions(0.0, pen["alpha"], pen["gate_alpha"], np.ones(1),
-                                                        pen["coef_target"])
-        with _precision(X.dtype):
+        opts = None
+        if pen is not None:
+            opts = hme.FitOptions(tol=0.0, alpha=pen["alpha"], gate_alpha=pen["gate_alpha"], var_floor=np.ones(1),
+                                  coef_target=pen["coef_target"])
+        with precision_scope(X.dtype):
             res = standard_errors(self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
                                   feature_names=getattr(self, "feature_names_in_", None), penalty_opts=opts)
         est, sev, names = res.estimate, res.std_err, res.names

@@ -154,10 +154,16 @@ def load(path):
     s = meta["spec"]
     tree = hme.TreeSpec.from_nested(_tuplify(s["tree"]))
     est._spec = hme.ModelSpec(
-        tree, s["n_features"], s["n_targets"], s["gate"], s["expert"],
-        None if s["gate_features"] is None else tuple(s["gate_features"]),
-        None if s["expert_features"] is None else tuple(s["expert_features"]),
-        s["covariance_type"], s["shared_covariance"], s["laplace_smoothing"],
+        tree=tree,
+        n_features=s["n_features"],
+        n_targets=s["n_targets"],
+        gate=tuple(s["gate"]) if isinstance(s["gate"], list) else s["gate"],
+        expert=s["expert"],
+        gate_features=None if s["gate_features"] is None else tuple(s["gate_features"]),
+        expert_features=None if s["expert_features"] is None else tuple(s["expert_features"]),
+        covariance_type=s["covariance_type"],
+        shared_covariance=s["shared_covariance"],
+        laplace_smoothing=s["laplace_smoothing"],
     )
     est.params_ = HMEParams(
         GateParams(arrays["gate_bias"], arrays["gate_weight"]),

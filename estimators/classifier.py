@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 import hme
 from hme import model as _model
 
-from ._base import _HMEBase, _precision
+from ._base import HMEBase, check_sample_weight, precision_scope
 
 
-class HMEClassifier(ClassifierMixin, _HMEBase):
+class HMEClassifier(ClassifierMixin, HMEBase):
     """Hierarchical mixture of experts classification: logistic (two classes) or multinomial-logit experts.
 
     Parameters are those of :class:`HMERegressor` without the Gaussian options. Labels may be strings,
@@ -93,11 +93,11 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
                 f"HMEClassifier needs samples of at least 2 classes in the data, but the data contain only one "
                 f"class: {self.classes_[0]!r}"
             )
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        sample_weight = check_sample_weight(sample_weight, X, dtype=X.dtype)
         if not sample_weight.sum() > 0:
             raise ValueError("sample_weight must have a positive sum")
         spec = hme.ModelSpec(
-            self._tree(),
+            tree=self._tree(),
             n_features=self.n_features_in_,
             n_targets=len(self.classes_),
             gate=self.gate,
@@ -122,7 +122,7 @@ class HMEClassifier(ClassifierMixin, _HMEBase):
         The mixture ``log Σ_l π_l(x) p_l(c | x)`` is formed in log space in the fit's dtype and renormalised in
         float64, so ``exp`` of each row sums to 1 within float64 rounding."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             lp = np.asarray(_model.predict_log_proba(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
                             np.float64)
         return lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)

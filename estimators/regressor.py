@@ -10,15 +10,15 @@ from scipy.stats import poisson as _poisson
 from sklearn.base import RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 import hme
 from hme import model as _model
 
-from ._base import _HMEBase, _precision
+from ._base import HMEBase, check_sample_weight, precision_scope
 
 
-class HMERegressor(RegressorMixin, _HMEBase):
+class HMERegressor(RegressorMixin, HMEBase):
     """Hierarchical mixture of experts regression (Jordan & Jacobs 1994), fitted by compiled EM.
 
     Parameters
@@ -88,7 +88,7 @@ class HMERegressor(RegressorMixin, _HMEBase):
     """
 
     _parameter_constraints = {
-        **_HMEBase._parameter_constraints,
+        **HMEBase._parameter_constraints,
         "expert": [StrOptions({"gaussian", "poisson"})],
         "covariance_type": [StrOptions({"full", "diag", "spherical"})],
         "shared_covariance": ["boolean"],
@@ -161,13 +161,13 @@ class HMERegressor(RegressorMixin, _HMEBase):
         self._y_1d = y.ndim == 1
         Y = y[:, None] if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        sample_weight = check_sample_weight(sample_weight, X, dtype=X.dtype)
         if not sample_weight.sum() > 0:
             raise ValueError("sample_weight must have a positive sum")
         if self.expert == "poisson" and np.any(Y < 0):
             raise ValueError("Poisson experts need non-negative targets y")
         spec = hme.ModelSpec(
-            self._tree(),
+            tree=self._tree(),
             n_features=self.n_features_in_,
             n_targets=self.n_outputs_,
             gate=self.gate,
@@ -192,14 +192,14 @@ class HMERegressor(RegressorMixin, _HMEBase):
     def predict(self, X):
         """Predictive mean E[y | x]."""
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             mean = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
         return mean[:, 0] if self._y_1d else mean
 
     # -- the predictive distribution ----------------------------------------------------------------------
     def _mixture(self, X):
         X = self._check_X(X)
-        with _precision(X.dtype):
+        with precision_scope(X.dtype):
             pi = np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X), np.float64)
             mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
                             np.float64)

@@ -33,6 +33,7 @@ from ._logit import newton_weights
 from .init import INIT_METHODS, content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
 from .model import Design, edge_mass, joint, make_design
 from .params import HMEParams, cast_params, center_params, check_params
+from .pytrees import tree_where
 from .spec import ModelSpec
 
 GATE_SOLVERS = ("newton", "bound")
@@ -221,10 +222,6 @@ def em_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, o
     return st.objective, m_step(spec, cfg, params, data, st, opts)
 
 
-def _select(flag, a, b):
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(flag, x, y), a, b)
-
-
 def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions) -> EMTrace:
     """The compiled EM loop from one starting point."""
     dtype = data.y.dtype
@@ -248,8 +245,8 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
             done = done | _monitor.report(k, obj)
         new_params = m_step(spec, cfg, s["params"], data, st, opts)
         # keep the last parameters with a finite objective
-        good = _select(finite, s["params"], s["good"])
-        params = _select(done, s["params"], new_params)
+        good = tree_where(finite, s["params"], s["good"])
+        params = tree_where(done, s["params"], new_params)
         return dict(
             params=params,
             good=good,
@@ -274,7 +271,7 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
         failed=jnp.asarray(False),
     )
     s = jax.lax.while_loop(cond, body, s0)
-    out = _select(s["failed"], s["good"], s["params"])
+    out = tree_where(s["failed"], s["good"], s["params"])
     return EMTrace(out, s["prev"], s["mean_ll"], s["hist"], s["k"], s["converged"], s["failed"])
 
 
@@ -510,7 +507,8 @@ def fit_em(
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
-    cfg = FitConfig(int(max_iter), int(n_init), init, gate_solver, expert_solver, p.user_init, monitored,
+    cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init, gate_solver=gate_solver,
+                    expert_solver=expert_solver, user_init=p.user_init, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), monitored,
                            max_iter, verbose, "EM", n_init)
@@ -604,8 +602,9 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
     vf = jnp.broadcast_to(jnp.asarray(var_floor, dtype), (spec.n_targets if spec.expert == "gaussian" else k,))
     if not np.all(np.asarray(vf) > 0):
         raise ValueError("var_floor must be > 0")
-    opts = FitOptions(jnp.asarray(tol, dtype), jnp.asarray(alpha, dtype), jnp.asarray(gate_alpha, dtype), vf,
-                      None if coef_target is None else jnp.asarray(coef_target, dtype))
+    opts = FitOptions(tol=jnp.asarray(tol, dtype), alpha=jnp.asarray(alpha, dtype),
+                      gate_alpha=jnp.asarray(gate_alpha, dtype), var_floor=vf,
+                      coef_target=None if coef_target is None else jnp.asarray(coef_target, dtype))
     if isinstance(random_state, (int, np.integer)):
         keys = jax.random.split(jax.random.PRNGKey(int(random_state)), n_init)
     else:

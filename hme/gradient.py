@@ -36,7 +36,6 @@ from .em import (
     EMTrace,
     FitData,
     FitOptions,
-    _select,
     best_of,
     center_inputs,
     check_n_candidates,
@@ -47,6 +46,7 @@ from .em import (
 )
 from .model import joint
 from .params import ExpertParams, GateParams, HMEParams
+from .pytrees import tree_where
 from .spec import ModelSpec
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -241,11 +241,11 @@ def run_gradient(
         done = converged | ~finite | (k >= cfg.max_iter)
         if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
             done = done | _monitor.report(k, obj)
-        good = _select(finite, s["u"], s["good"])
+        good = tree_where(finite, s["u"], s["good"])
         keep = done
         return dict(
-            u=_select(keep, s["u"], new_u),
-            state=_select(keep, s["state"], new_state),
+            u=tree_where(keep, s["u"], new_u),
+            state=tree_where(keep, s["state"], new_state),
             good=good,
             key=key,
             k=jnp.where(done, k, k + 1),
@@ -271,7 +271,7 @@ def run_gradient(
         failed=jnp.asarray(False),
     )
     s = jax.lax.while_loop(cond, body, s0)
-    u = _select(s["failed"], s["good"], s["u"])
+    u = tree_where(s["failed"], s["good"], s["u"])
     p = from_unconstrained(spec, u, opts)
     st = e_step(spec, p, data, opts)
     return EMTrace(p, st.objective, st.mean_log_likelihood, s["hist"], s["k"], s["converged"], s["failed"], s["evals"])
@@ -331,8 +331,8 @@ def fit_gradient(
     p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
-    cfg = GradientConfig(optimizer, int(max_iter), int(n_init), init, None if batch_size is None else int(batch_size),
-                         learning_rate, p.user_init, monitor=monitored,
-                         n_candidates=check_n_candidates(n_candidates))
+    cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init,
+                         batch_size=None if batch_size is None else int(batch_size), learning_rate=learning_rate,
+                         user_init=p.user_init, monitor=monitored, n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
                            monitored, max_iter, verbose, optimizer, n_init)

@@ -97,7 +97,7 @@ def test_fit_programs_call_no_lapack(kw, rng):
     y = random_targets(spec, rng, 64)
     p = prepare_fit(spec, X, y, None, "kmeans", None, 2, 0, 5, 1e-6, 1e-6, 1e-4, None)
     for solver in ("newton", "bound"):  # tracing and lowering only: nothing is compiled
-        cfg = FitConfig(5, 2, "kmeans", solver, solver, False)
+        cfg = FitConfig(max_iter=5, n_init=2, init="kmeans", gate_solver=solver, expert_solver=solver)
         text = _fit.lower(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params).as_text()
         bad = [c for c in _custom_calls(text) if _FORBIDDEN.search(c)]
         assert not bad, f"LAPACK custom calls in the EM program: {bad}"

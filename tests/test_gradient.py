@@ -91,7 +91,7 @@ def test_unconstrained_parameterisation_round_trips(cov, rng):
     # pinned entries are zero in a valid parameter set
     p = p._replace(gates=p.gates._replace(bias=np.asarray(p.gates.bias).copy()))
     p.gates.bias[:, 0] = 0.0
-    opts = hme.FitOptions(0.0, 0.0, 0.0, np.full(2, 1e-4))
+    opts = hme.FitOptions(tol=0.0, alpha=0.0, gate_alpha=0.0, var_floor=np.full(2, 1e-4))
     back = from_unconstrained(spec, to_unconstrained(spec, p, opts), opts)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(back), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=2e-7)  # 1e-3 x floor jitter

@@ -26,7 +26,12 @@ pytestmark = pytest.mark.skipif(not X64, reason="reference comparisons run in fl
 
 
 def _opts(alpha=0.0, gate_alpha=0.0, m=1):
-    return em.FitOptions(jnp.asarray(1e-8), jnp.asarray(alpha), jnp.asarray(gate_alpha), jnp.full((m,), 1e-12))
+    return em.FitOptions(
+        tol=jnp.asarray(1e-8),
+        alpha=jnp.asarray(alpha),
+        gate_alpha=jnp.asarray(gate_alpha),
+        var_floor=jnp.full((m,), 1e-12),
+    )
 
 
 def test_gaussian_m_step_is_weighted_least_squares(rng):

@@ -180,7 +180,7 @@ def test_gaussian_gates_need_a_single_gate():
 
 def test_mixed_gates_likelihood_matches_a_hand_computation(rng):
     truth = T.hmoe("SL")
-    spec = hme.ModelSpec(truth.tree, 1, gate=("softmax", "laplace"))
+    spec = hme.ModelSpec(tree=truth.tree, n_features=1, gate=("softmax", "laplace"))
     assert spec.gate_kinds == ("softmax", "laplace", "laplace")
     X, y = truth.sample(300, rng)
     got = np.asarray(hme.log_likelihood(spec, truth.params, X, y))

@@ -35,8 +35,9 @@ def em_rate(spec: ModelSpec, X, y, start, n_steps: int = 400, gate_alpha: float 
         X = jnp.asarray(X, jnp.float64)
         y = jnp.asarray(y, jnp.float64).reshape(X.shape[0], -1)
         data = FitData(make_design(spec, X), y, jnp.ones(X.shape[0]))
-        opts = FitOptions(jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(gate_alpha), jnp.asarray([1e-8]))
-        cfg = FitConfig(1, 1, "random", "newton", "newton", True)
+        opts = FitOptions(tol=jnp.asarray(0.0), alpha=jnp.asarray(0.0), gate_alpha=jnp.asarray(gate_alpha),
+                          var_floor=jnp.asarray([1e-8]))
+        cfg = FitConfig(max_iter=1, n_init=1, user_init=True)
         start = jax.tree_util.tree_map(lambda a: None if a is None else jnp.asarray(a, jnp.float64), start)
         flat0, unravel = ravel_pytree(start)
 
@@ -91,7 +92,7 @@ def compare_gates(n: int = 2000, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     for truth in (T.softmax_s3(), T.laplace_fusemoe()):
         X, y = truth.sample(n, rng)
-        spec = ModelSpec(TreeSpec.complete(1, 2), 1, gate=truth.gate)
+        spec = ModelSpec(tree=TreeSpec.complete(1, 2), n_features=1, gate=truth.gate)
         start = flat_start(truth, 2, n, rng)
         # move the start away from the truth so the linear phase is long enough to measure
         start = jax.tree_util.tree_map(lambda a: None if a is None else np.asarray(a), start)

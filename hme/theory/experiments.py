@@ -150,8 +150,9 @@ def fit_replicates(
         stacked = jax.tree_util.tree_map(
             lambda *a: np.stack(a), *[jax.tree_util.tree_map(lambda *b: np.stack(b), *s) for s in starts]
         )
-        opts = FitOptions(jnp.asarray(tol), jnp.asarray(0.0), jnp.asarray(gate_alpha), jnp.asarray([1e-8]))
-        cfg = FitConfig(int(max_iter), len(starts[0]), "random", "newton", "newton", True)
+        opts = FitOptions(tol=jnp.asarray(tol), alpha=jnp.asarray(0.0), gate_alpha=jnp.asarray(gate_alpha),
+                          var_floor=jnp.asarray([1e-8]))
+        cfg = FitConfig(max_iter=int(max_iter), n_init=len(starts[0]), user_init=True)
         out = _fit_batch(spec, cfg, jnp.asarray(X), jnp.asarray(y), jnp.asarray(w), stacked, opts)
         return jax.tree_util.tree_map(np.asarray, jax.device_get(out))
 
@@ -215,8 +216,8 @@ def plan(experiment: str, quick: bool = False, restarts: int | None = None, max_
 
 def _spec_for(truth, setting) -> ModelSpec:
     if isinstance(truth, T.TwoLevelTruth):
-        return ModelSpec(two_level_tree(setting.k_fit), 1, gate=(truth.outer, truth.inner))
-    return ModelSpec(TreeSpec.complete(1, setting.k_fit), truth.d, gate=truth.gate)
+        return ModelSpec(tree=two_level_tree(setting.k_fit), n_features=1, gate=(truth.outer, truth.inner))
+    return ModelSpec(tree=TreeSpec.complete(1, setting.k_fit), n_features=truth.d, gate=truth.gate)
 
 
 def _score(truth, setting, params) -> dict:
