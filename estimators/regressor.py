@@ -5,8 +5,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from scipy.special import ndtr
-from scipy.stats import poisson as _poisson
 from sklearn.base import RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -14,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import hme
 from hme import model as _model
+from hme import predictive
 
 from ._base import HMEBase, check_sample_weight, precision_scope
 
@@ -205,18 +204,10 @@ class HMERegressor(RegressorMixin, HMEBase):
                             np.float64)
         return pi, mu
 
-    def _leaf_var(self, mu):
-        if self.expert == "gaussian":
-            var = np.diagonal(self.params_.experts.cov, axis1=1, axis2=2).astype(np.float64)  # (L, m)
-            return np.broadcast_to(var[None], mu.shape)
-        return mu  # Poisson: variance = mean
-
     def predict_std(self, X):
         """Standard deviation of the predictive mixture (per output)."""
         pi, mu = self._mixture(X)
-        second = np.einsum("nl,nlk->nk", pi, self._leaf_var(mu) + mu**2)
-        mean = np.einsum("nl,nlk->nk", pi, mu)
-        std = np.sqrt(np.maximum(second - mean**2, 0.0))
+        std = predictive.mixture_std(self._spec, self.params_.experts.cov, pi, mu)
         return std[:, 0] if self._y_1d else std
 
     def predict_quantiles(self, X, q):
@@ -228,26 +219,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         if np.any((q <= 0) | (q >= 1)):
             raise ValueError("quantile levels must lie strictly between 0 and 1")
         pi, mu = self._mixture(X)
-        var = self._leaf_var(mu)
-        sd = np.sqrt(var)
-        if self.expert == "gaussian":
-            cdf = lambda yv: np.einsum("nl,nlkq->nkq", pi, ndtr((yv[:, None] - mu[..., None]) / sd[..., None]))
-            lo = (mu - 12 * sd).min(1)[..., None] * np.ones_like(q)
-            hi = (mu + 12 * sd).max(1)[..., None] * np.ones_like(q)
-            for _ in range(80):
-                mid = 0.5 * (lo + hi)
-                below = cdf(mid) < q
-                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-            out = 0.5 * (lo + hi)
-        else:
-            cdf = lambda k: np.einsum("nl,nlkq->nkq", pi, _poisson.cdf(k[:, None], mu[..., None]))
-            lo = -np.ones(mu.shape[:1] + mu.shape[2:] + q.shape)
-            hi = np.ceil((mu + 12 * sd + 12).max(1))[..., None] * np.ones_like(q)
-            while np.any(hi - lo > 1):
-                mid = np.floor(0.5 * (lo + hi))
-                below = cdf(mid) < q
-                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-            out = hi
+        out = predictive.mixture_quantiles(self._spec, self.params_.experts.cov, pi, mu, q)
         return out[:, 0, :] if self._y_1d else out
 
     def predict_interval(self, X, coverage=0.9):
@@ -261,17 +233,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         """Draws from the predictive distribution: (n, n_samples), or (n, n_outputs, n_samples)."""
         rng = check_random_state(random_state)
         pi, mu = self._mixture(X)
-        n, L, m = mu.shape
-        cum = np.cumsum(pi, 1)
-        u = rng.uniform(size=(n, n_samples))
-        leaf = np.minimum((u[:, :, None] > cum[:, None, :]).sum(-1), L - 1)  # (n, S)
-        means = np.take_along_axis(mu, leaf[:, :, None], axis=1)  # (n, S, m)
-        if self.expert == "gaussian":
-            chol = np.linalg.cholesky(self.params_.experts.cov.astype(np.float64))[leaf]  # (n, S, m, m)
-            draws = means + np.einsum("nsij,nsj->nsi", chol, rng.normal(size=(n, n_samples, m)))
-        else:
-            draws = rng.poisson(means).astype(np.float64)
-        draws = draws.transpose(0, 2, 1)
+        draws = predictive.mixture_sample(self._spec, self.params_.experts.cov, pi, mu, n_samples, rng)
         return draws[:, 0, :] if self._y_1d else draws
 
     def __sklearn_tags__(self):

@@ -17,6 +17,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy.special import ndtr
 
 from .. import batched_linalg
 from .._linalg import solve_psd
@@ -104,3 +106,36 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
         cov = jax.vmap(lambda c: _floor_cov(c, opts.var_floor, spec.covariance_type))(cov)
     return ExpertParams(new.intercept, new.coef, cov)
 
+
+
+# -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
+# ``pi`` (n, L) are gate path probabilities, ``mu`` (n, L, m) the leaves' means, ``cov`` (L, m, m) NumPy.
+
+
+def leaf_variance(cov, mu):
+    """Per-leaf variance of each output, (n, L, m): the diagonal of Σ_l."""
+    var = np.diagonal(np.asarray(cov, np.float64), axis1=1, axis2=2)  # (L, m)
+    return np.broadcast_to(var[None], mu.shape)
+
+
+def mixture_quantiles(cov, pi, mu, q):
+    """Quantiles of the mixture ``Σ_l π_l N(μ_l, σ_l²)`` per output, (n, m, len(q)), by 80 bisection steps on
+    its CDF inside ``[min_l μ_l - 12σ_l, max_l μ_l + 12σ_l]`` (width / 2⁸⁰: exact to rounding)."""
+    sd = np.sqrt(leaf_variance(cov, mu))
+
+    def cdf(yv):  # (n, m, Q) -> (n, m, Q)
+        return np.einsum("nl,nlkq->nkq", pi, ndtr((yv[:, None] - mu[..., None]) / sd[..., None]))
+
+    lo = (mu - 12 * sd).min(1)[..., None] * np.ones_like(q)
+    hi = (mu + 12 * sd).max(1)[..., None] * np.ones_like(q)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        below = cdf(mid) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def sample(cov, means, leaf, rng):
+    """Draws ``N(means, Σ_leaf)``: ``means`` (n, S, m), ``leaf`` (n, S) leaf indices -> (n, S, m)."""
+    chol = np.linalg.cholesky(np.asarray(cov, np.float64))[leaf]  # (n, S, m, m)
+    return means + np.einsum("nsij,nsj->nsi", chol, rng.normal(size=means.shape))

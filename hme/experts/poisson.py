@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy.stats import poisson as poisson_dist
 
 from .._linalg import newton_ascent, solve_psd, weighted_gram
 from ..params import ExpertParams
@@ -57,3 +59,35 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
     th, _ = newton_ascent(th, step, objective, f0)
     th = th.reshape(L, m, q).transpose(0, 2, 1)
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)
+
+
+# -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
+# ``pi`` (n, L) are gate path probabilities, ``mu`` (n, L, m) the leaves' means; Poisson experts have no
+# covariance (``cov`` is None).
+
+
+def leaf_variance(cov, mu):
+    """Per-leaf variance of each output, (n, L, m): a Poisson variance is its mean."""
+    return mu
+
+
+def mixture_quantiles(cov, pi, mu, q):
+    """Quantiles of the mixture ``Σ_l π_l Poisson(μ_l)`` per output, (n, m, len(q)): the smallest count k with
+    CDF(k) ≥ q, by integer bisection on the mixture CDF."""
+    sd = np.sqrt(mu)
+
+    def cdf(k):  # (n, m, Q) -> (n, m, Q)
+        return np.einsum("nl,nlkq->nkq", pi, poisson_dist.cdf(k[:, None], mu[..., None]))
+
+    lo = -np.ones(mu.shape[:1] + mu.shape[2:] + q.shape)
+    hi = np.ceil((mu + 12 * sd + 12).max(1))[..., None] * np.ones_like(q)
+    while np.any(hi - lo > 1):
+        mid = np.floor(0.5 * (lo + hi))
+        below = cdf(mid) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return hi
+
+
+def sample(cov, means, leaf, rng):
+    """Draws ``Poisson(means)``: ``means`` (n, S, m) -> (n, S, m) float64 counts."""
+    return rng.poisson(means).astype(np.float64)
