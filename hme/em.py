@@ -30,10 +30,10 @@ from . import gates as _gates
 from . import monitor as _monitor
 from ._linalg import padded_length, weighted_gram
 from ._logit import newton_weights
+from .fitting import iterate
 from .init import INIT_METHODS, content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
 from .model import Design, edge_mass, joint, make_design
 from .params import HMEParams, cast_params, center_params, check_params
-from .pytrees import tree_where
 from .spec import ModelSpec
 
 GATE_SOLVERS = ("newton", "bound")
@@ -223,56 +223,16 @@ def em_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, o
 
 
 def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions) -> EMTrace:
-    """The compiled EM loop from one starting point."""
+    """The compiled EM loop from one starting point: E-step, then M-step, under :func:`hme.fitting.iterate`."""
     dtype = data.y.dtype
-    hist0 = jnp.full((cfg.max_iter + 1,), jnp.nan, dtype)
 
-    def cond(s):
-        return ~s["done"]
+    def step(p):
+        st = e_step(spec, p, data, opts)
+        return m_step(spec, cfg, p, data, st, opts), st.objective, st.mean_log_likelihood, 1
 
-    def body(s):
-        st = e_step(spec, s["params"], data, opts)
-        k = s["k"]
-        obj = st.objective
-        finite = jnp.isfinite(obj)
-        prev = s["prev"]
-        # change relative to the objective, or absolute (nats per sample) once the objective is below 1 in size:
-        # a classifier that fits well has an objective near 0, where a purely relative test never stops
-        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), 1.0)
-        converged = (k > 0) & finite & (rel <= opts.tol)
-        done = converged | ~finite | (k >= cfg.max_iter)
-        if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
-            done = done | _monitor.report(k, obj)
-        new_params = m_step(spec, cfg, s["params"], data, st, opts)
-        # keep the last parameters with a finite objective
-        good = tree_where(finite, s["params"], s["good"])
-        params = tree_where(done, s["params"], new_params)
-        return dict(
-            params=params,
-            good=good,
-            k=jnp.where(done, k, k + 1),
-            prev=jnp.where(finite, obj, prev),
-            mean_ll=jnp.where(finite, st.mean_log_likelihood, s["mean_ll"]),
-            hist=s["hist"].at[k].set(obj),
-            done=done,
-            converged=converged,
-            failed=~finite,
-        )
-
-    s0 = dict(
-        params=params,
-        good=params,
-        k=jnp.asarray(0),
-        prev=jnp.asarray(-jnp.inf, dtype),
-        mean_ll=jnp.asarray(jnp.nan, dtype),
-        hist=hist0,
-        done=jnp.asarray(False),
-        converged=jnp.asarray(False),
-        failed=jnp.asarray(False),
-    )
-    s = jax.lax.while_loop(cond, body, s0)
-    out = tree_where(s["failed"], s["good"], s["params"])
-    return EMTrace(out, s["prev"], s["mean_ll"], s["hist"], s["k"], s["converged"], s["failed"])
+    r = iterate(step, params, lambda p: p, jnp.asarray(jnp.nan, dtype), max_iter=cfg.max_iter, tol=opts.tol,
+                dtype=dtype, report=cfg.monitor)
+    return EMTrace(r.params, r.objective, r.aux, r.history, r.n_iter, r.converged, r.failed)
 
 
 def _weighted_mean(X, w):

@@ -44,9 +44,9 @@ from .em import (
     prepare_fit,
     starting_points,
 )
+from .fitting import iterate
 from .model import joint
 from .params import ExpertParams, GateParams, HMEParams
-from .pytrees import tree_where
 from .spec import ModelSpec
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -225,56 +225,18 @@ def run_gradient(
             (u, state), _ = jax.lax.scan(one, (u, state), perm)
             return u, state, -value, 2  # one epoch of minibatch gradients and one full evaluation
 
-    def cond(s):
-        return ~s["done"]
+    def iteration(carry):
+        u, state, key = carry
+        key, sub = jax.random.split(key)
+        new_u, new_state, obj, evals = step(u, state, sub)
+        return (new_u, new_state, key), obj, (), evals
 
-    def body(s):
-        key, sub = jax.random.split(s["key"])
-        new_u, new_state, obj, evals = step(s["u"], s["state"], sub)
-        k = s["k"]
-        finite = jnp.isfinite(obj)
-        prev = s["prev"]
-        # change relative to the objective, or absolute (nats per sample) once the objective is below 1 in size:
-        # a classifier that fits well has an objective near 0, where a purely relative test never stops
-        rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(prev), 1.0)
-        converged = (k > 0) & finite & (rel <= opts.tol)
-        done = converged | ~finite | (k >= cfg.max_iter)
-        if cfg.monitor:  # a stop request (Ctrl-C) ends the loop like reaching max_iter
-            done = done | _monitor.report(k, obj)
-        good = tree_where(finite, s["u"], s["good"])
-        keep = done
-        return dict(
-            u=tree_where(keep, s["u"], new_u),
-            state=tree_where(keep, s["state"], new_state),
-            good=good,
-            key=key,
-            k=jnp.where(done, k, k + 1),
-            evals=s["evals"] + jnp.where(done, 0, evals),
-            prev=jnp.where(finite, obj, prev),
-            hist=s["hist"].at[k].set(obj),
-            done=done,
-            converged=converged,
-            failed=~finite,
-        )
-
-    s0 = dict(
-        u=u0,
-        state=opt.init(u0),
-        good=u0,
-        key=key,
-        k=jnp.asarray(0),
-        evals=jnp.asarray(0),
-        prev=jnp.asarray(-jnp.inf, dtype),
-        hist=jnp.full((cfg.max_iter + 1,), jnp.nan, dtype),
-        done=jnp.asarray(False),
-        converged=jnp.asarray(False),
-        failed=jnp.asarray(False),
-    )
-    s = jax.lax.while_loop(cond, body, s0)
-    u = tree_where(s["failed"], s["good"], s["u"])
-    p = from_unconstrained(spec, u, opts)
+    r = iterate(iteration, (u0, opt.init(u0), key), lambda c: c[0], (), max_iter=cfg.max_iter, tol=opts.tol,
+                dtype=dtype, report=cfg.monitor)
+    p = from_unconstrained(spec, r.params, opts)
     st = e_step(spec, p, data, opts)
-    return EMTrace(p, st.objective, st.mean_log_likelihood, s["hist"], s["k"], s["converged"], s["failed"], s["evals"])
+    return EMTrace(p, st.objective, st.mean_log_likelihood, r.history, r.n_iter, r.converged, r.failed,
+                   r.n_evaluations)
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
