@@ -109,6 +109,11 @@ def canonicalize(spec: ModelSpec, params: HMEParams, x_ref) -> HMEParams:
 def _parameter_map(spec, params, feature_names=None):
     """(theta, srcs, names): the free parameters, one index array per parameter leaf (θ-index of each entry,
     -1 where the entry is fixed: reference children, mirrored covariance entries) and readable names."""
+    if params.gates.cov is not None:
+        raise ValueError(
+            "standard errors are available for softmax and Laplace gates; Gaussian gates (a joint model of x and y) "
+            "are not supported yet"
+        )
     names_x = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(spec.n_features)]
     gnames = names_x if spec.gate_features is None else [names_x[i] for i in spec.gate_features]
     enames = names_x if spec.expert_features is None else [names_x[i] for i in spec.expert_features]

@@ -209,3 +209,9 @@ def test_free_parameters_follow_each_levels_gate_family(rng):
     np.testing.assert_allclose(np.asarray(canon.gates.weight)[0], [[0.0, 0.0], [-2.0, 1.0]])  # swapped, re-referenced
     ll_canon, ll = hme.log_likelihood(spec, canon, X, y), hme.log_likelihood(spec, params, X, y)
     np.testing.assert_allclose(np.asarray(ll_canon), np.asarray(ll), rtol=1e-10)
+
+
+def test_gaussian_gates_get_a_clear_error_not_an_index_error():
+    spec = hme.make_spec(2, depth=1, gate="gaussian")
+    with pytest.raises(ValueError, match="Gaussian gates"):
+        free_parameters(spec, hme.params.zeros_params(spec))
