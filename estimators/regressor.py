@@ -215,9 +215,6 @@ class HMERegressor(RegressorMixin, HMEBase):
 
         Returns an array of shape (n_samples, len(q)) for one output, (n_samples, n_outputs, len(q)) otherwise.
         """
-        q = np.atleast_1d(np.asarray(q, np.float64))
-        if np.any((q <= 0) | (q >= 1)):
-            raise ValueError("quantile levels must lie strictly between 0 and 1")
         pi, mu = self._mixture(X)
         out = predictive.mixture_quantiles(self._spec, self.params_.experts.cov, pi, mu, q)
         return out[:, 0, :] if self._y_1d else out
