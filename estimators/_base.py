@@ -18,8 +18,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import hme
+from hme import gates as tree_gates
 from hme import model as _model
-from hme.inference import canonicalize, standard_errors
+from hme.inference import canonicalize, n_free_parameters, standard_errors
 
 
 class ExtrapolationWarning(UserWarning):
@@ -107,7 +108,7 @@ class HMEBase(BaseEstimator):
     _parameter_constraints: dict = {
         "depth": [Interval(numbers.Integral, 1, None, closed="left")],
         "branching": [Interval(numbers.Integral, 2, None, closed="left"), tuple, list],
-        "gate": [StrOptions({"softmax", "laplace"})],
+        "gate": [str, tuple, list],  # a registered gate family, or one per level (hme.families validates the names)
         "gate_features": [None, list, tuple, np.ndarray],
         "expert_features": [None, list, tuple, np.ndarray],
         "alpha": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
@@ -157,19 +158,7 @@ class HMEBase(BaseEstimator):
         return tuple(out)
 
     def _n_parameters(self, spec):
-        t = spec.tree
-        nc = t.n_children
-        if spec.gate == "softmax":
-            k_gate = int(np.sum((nc - 1) * (spec.n_gate_features + 1)))
-        else:
-            k_gate = int(np.sum(nc * spec.n_gate_features + (nc - 1)))
-        k = spec.n_expert_outputs
-        k_exp = t.n_leaves * (spec.n_expert_features + 1) * k
-        if spec.expert == "gaussian":
-            m = spec.n_targets
-            per = {"full": m * (m + 1) // 2, "diag": m, "spherical": 1}[spec.covariance_type]
-            k_exp += per * (1 if spec.shared_covariance else t.n_leaves)
-        return k_gate + k_exp
+        return n_free_parameters(spec)
 
     def _check_min_samples(self, n, spec):
         k = self._n_parameters(spec)
@@ -203,7 +192,7 @@ class HMEBase(BaseEstimator):
         ridge on the standardised scale), γ for Laplace gates (biases only)."""
         if not isinstance(self.gate_alpha, str):
             return float(self.gate_alpha)
-        if spec.gate != "softmax":
+        if not tree_gates.uses_node_gram(spec):  # one ridge per design column only for linear-logit gates
             return AUTO_GATE_ALPHA
         return AUTO_GATE_ALPHA * np.concatenate([[1.0], _input_variances(X, sample_weight, spec.gate_features)])
 
@@ -222,8 +211,8 @@ class HMEBase(BaseEstimator):
                              gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
         common = dict(
             sample_weight=sample_weight,
-            init=self.init_params,
-            init_params=init,
+            init_params=self.init_params,
+            start_params=init,
             coef_target=target,
             n_init=1 if init is not None else self.n_init,
             n_candidates=self.n_candidates,

@@ -99,6 +99,8 @@ def save_estimator(est, path) -> None:
     }
     if e.cov is not None:
         arrays["expert_cov"] = e.cov
+    if g.cov is not None:  # gate families with covariances (Gaussian gates)
+        arrays["gate_cov"] = g.cov
     for name in ("x_min_", "x_max_", "expert_input_min_", "expert_input_max_"):
         if hasattr(est, name):
             arrays[name] = getattr(est, name)
@@ -166,7 +168,7 @@ def load(path):
         laplace_smoothing=s["laplace_smoothing"],
     )
     est.params_ = HMEParams(
-        GateParams(arrays["gate_bias"], arrays["gate_weight"]),
+        GateParams(arrays["gate_bias"], arrays["gate_weight"], arrays.get("gate_cov")),
         ExpertParams(arrays["expert_intercept"], arrays["expert_coef"], arrays.get("expert_cov")),
     )
     f = meta["fitted"]

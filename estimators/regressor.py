@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import hme
 from hme import model as _model
 from hme import predictive
+from hme.families import expert_family, expert_names
 
 from ._base import HMEBase, check_sample_weight, precision_scope
 
@@ -26,9 +27,13 @@ class HMERegressor(RegressorMixin, HMEBase):
         Levels of gates (a binary depth-4 tree has 16 experts).
     branching : int or tuple of int, default=2
         Children per gate, or per level.
-    gate : {"softmax", "laplace"}, default="softmax"
-    expert : {"gaussian", "poisson"}, default="gaussian"
-        Gaussian linear experts (identity link) or Poisson experts (log link, counts).
+    gate : str or tuple of str, default="softmax"
+        A gate family registered in :mod:`hme.families`: "softmax" (multinomial logit on the inputs), "laplace"
+        (distance to learned keys), "gaussian" (a Gaussian mixture on the inputs), or one per-level family per
+        level, e.g. ``("softmax", "laplace")``.
+    expert : str, default="gaussian"
+        A registered regression expert family: "gaussian" (linear, identity link) or "poisson" (log link,
+        counts).
     covariance_type : {"full", "diag", "spherical"}, default="full"
         Noise covariance of Gaussian experts with several outputs.
     shared_covariance : bool, default=False
@@ -88,7 +93,7 @@ class HMERegressor(RegressorMixin, HMEBase):
 
     _parameter_constraints = {
         **HMEBase._parameter_constraints,
-        "expert": [StrOptions({"gaussian", "poisson"})],
+        "expert": [str],  # a registered regression expert family (checked in fit)
         "covariance_type": [StrOptions({"full", "diag", "spherical"})],
         "shared_covariance": ["boolean"],
         "var_floor": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -163,8 +168,9 @@ class HMERegressor(RegressorMixin, HMEBase):
         sample_weight = check_sample_weight(sample_weight, X, dtype=X.dtype)
         if not sample_weight.sum() > 0:
             raise ValueError("sample_weight must have a positive sum")
-        if self.expert == "poisson" and np.any(Y < 0):
-            raise ValueError("Poisson experts need non-negative targets y")
+        if self.expert not in expert_names("regression"):
+            raise ValueError(f"expert must be one of {expert_names('regression')}, got {self.expert!r}")
+        expert_family(self.expert).check_targets(Y)
         spec = hme.ModelSpec(
             tree=self._tree(),
             n_features=self.n_features_in_,
@@ -177,12 +183,7 @@ class HMERegressor(RegressorMixin, HMEBase):
             shared_covariance=self.shared_covariance,
         )
         self._check_min_samples(X.shape[0], spec)
-        var_floor = None
-        if self.expert == "gaussian":
-            w = sample_weight / sample_weight.sum()
-            var = w @ (Y - w @ Y) ** 2
-            var_floor = self.var_floor * np.where(var > 0, var, 1.0)
-        return self._fit_core(X, Y, sample_weight, spec, var_floor)
+        return self._fit_core(X, Y, sample_weight, spec, self.var_floor)
 
     def _core_y(self, y):
         y = np.asarray(y)

@@ -45,7 +45,7 @@ _EXPORTS = {
     "HMESelector": "estimators",
     "load": "estimators",
 }
-_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "experts", "gates",
+_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "families", "gates",
                "gradient", "inference", "init", "model", "monitor", "params", "plot", "simulate", "spec", "table",
                "theory", "tree")
 

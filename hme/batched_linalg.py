@@ -255,3 +255,23 @@ def leading_eigenvector(a: jax.Array, iterations: int = 64) -> jax.Array:
         return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
 
     return lax.fori_loop(0, iterations, body, v0 / jnp.sqrt(jnp.sum(v0 * v0)))
+
+
+def log_cholesky(cov, floor):
+    """cov -> lower-triangular raw factor of cov - diag(floor) with a log-diagonal (clamped away from 0)."""
+    m = cov.shape[-1]
+    eye = jnp.eye(m, dtype=cov.dtype)
+    excess = cov - floor[..., None] * eye
+    scale = jnp.maximum(jnp.max(floor), jnp.finfo(cov.dtype).tiny)
+    excess = 0.5 * (excess + jnp.swapaxes(excess, -1, -2)) + 1e-3 * scale * eye
+    L = cholesky(excess).lower
+    d = jnp.diagonal(L, axis1=-2, axis2=-1)
+    return jnp.tril(L, -1) + jnp.log(d)[..., None] * eye
+
+
+def from_log_cholesky(raw, floor):
+    """The inverse of :func:`log_cholesky`: ``L Lᵀ + diag(floor)`` with ``L``'s diagonal ``exp`` of the raw one."""
+    m = raw.shape[-1]
+    eye = jnp.eye(m, dtype=raw.dtype)
+    L = jnp.tril(raw, -1) + jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))[..., None] * eye
+    return L @ jnp.swapaxes(L, -1, -2) + floor[..., None] * eye

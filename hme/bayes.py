@@ -28,7 +28,7 @@ import numpy as np
 
 from . import code_space
 from . import gates as _gates
-from .experts._linear import linear_predictor
+from .families.linear import linear_predictor
 from .model import log_path_from_gates, make_design
 from .monitor import FitMonitor
 from .params import ExpertParams, GateParams, HMEParams
@@ -56,7 +56,7 @@ def data_scale(spec: ModelSpec, X, y) -> DataScale:
     X = np.asarray(X, np.float64)
     sd = X.std(axis=0) if X.shape[1] else np.zeros(0)
     sd = np.where(sd > 0, sd, 1.0)
-    if spec.expert == "categorical":
+    if spec.expert_family.task == "classification":
         return DataScale(sd, 0.0, 1.0)
     y = np.asarray(y, np.float64)
     s = float(y.std()) or 1.0
@@ -64,12 +64,14 @@ def data_scale(spec: ModelSpec, X, y) -> DataScale:
 
 
 def _free_gate_entries(spec: ModelSpec):
-    child = np.asarray(spec.tree.child_mask, bool)
-    bias = child.copy()
-    bias[:, 0] = False
-    weight = child.copy()
-    weight[~spec.laplace_gates, 0] = False
+    bias, weight = _gates.free_masks(spec)
     return np.flatnonzero(bias.ravel()), np.flatnonzero(weight.ravel())
+
+
+def _weight_site(spec: ModelSpec) -> str:
+    """The sample site of the gates' weight rows (one family on every gate, or per-level families)."""
+    names = {f.weight_site for f in spec.gate_families}
+    return names.pop() if len(names) == 1 else "gate_weight"
 
 
 def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors: Priors = Priors()):
@@ -77,12 +79,8 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
     import numpyro
     import numpyro.distributions as dist
 
-    if spec.gate not in ("softmax", "laplace") or spec.expert not in ("gaussian", "categorical"):
-        raise ValueError(
-            "Bayesian HMEs support softmax or Laplace gates with Gaussian (one output) or categorical experts"
-        )
-    if spec.expert == "gaussian" and spec.n_targets != 1:
-        raise ValueError("Bayesian Gaussian experts have one output")
+    if _gates.models_inputs(spec):
+        raise ValueError(f"Bayesian HMEs model y given x; gate={spec.gate!r} models the inputs and is not supported")
     t = spec.tree
     G, B = t.n_gates, t.max_branching
     pg, pe = spec.n_gate_features, spec.n_expert_features
@@ -93,13 +91,10 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
     fb, fw = _free_gate_entries(spec)
     b_free = numpyro.sample("gate_bias", dist.Normal(0.0, priors.gate_scale).expand([len(fb)]).to_event(1))
     bias = jnp.zeros(G * B, dtype).at[fb].set(b_free).reshape(G, B)
-    if spec.gate == "softmax":
-        w_sd = priors.gate_scale / gsd
-        w_free = numpyro.sample("gate_weight", dist.Normal(0.0, jnp.broadcast_to(w_sd, (len(fw), pg))).to_event(2))
-    else:  # keys live in input space; the inputs are centred
-        w_free = numpyro.sample(
-            "gate_key", dist.Normal(0.0, jnp.broadcast_to(priors.key_scale * gsd, (len(fw), pg))).to_event(2)
-        )
+    # prior sd of each free weight row: its gate family's (slopes scale inversely, keys directly with the inputs)
+    row_family = np.repeat(np.arange(G), B)[fw]
+    row_sd = jnp.stack([spec.gate_families[g].weight_prior_sd(gsd, priors) for g in range(G)])[row_family]
+    w_free = numpyro.sample(_weight_site(spec), dist.Normal(0.0, jnp.reshape(row_sd, (len(fw), pg))).to_event(2))
     weight = jnp.zeros((G * B, pg), dtype).at[fw].set(w_free).reshape(G, B, pg)
     intercept = numpyro.sample(
         "intercept", dist.Normal(scale.y_mean, priors.coef_scale * scale.y_sd).expand([L, k]).to_event(2)
@@ -108,21 +103,13 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
         "coef",
         dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3),
     )
-    cov = None
-    if spec.expert == "gaussian":
-        sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
-        cov = (sigma**2)[:, None, None]
+    fam = spec.expert_family
+    cov = fam.bayes_noise(spec, scale, priors)
     params = HMEParams(GateParams(bias, weight), ExpertParams(intercept, coef, cov))
     design = make_design(spec, X)
     log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, params.gates))  # (n, L)
-    mix = dist.Categorical(logits=log_pi)
     eta = linear_predictor(params.experts, design.expert)  # (n, L, k)
-    if spec.expert == "gaussian":
-        y_dist = dist.MixtureSameFamily(mix, dist.Normal(eta[..., 0], jnp.sqrt(cov[:, 0, 0])))
-    else:  # a mixture of categoricals is the categorical of the mixed probabilities (class 0: the reference)
-        logits = jnp.concatenate([jnp.zeros(eta.shape[:-1] + (1,), eta.dtype), eta], axis=-1)
-        mixed = jax.scipy.special.logsumexp(log_pi[..., None] + jax.nn.log_softmax(logits, axis=-1), axis=1)
-        y_dist = dist.Categorical(logits=mixed)
+    y_dist = fam.bayes_likelihood(spec, log_pi, eta, cov)
     with numpyro.plate("data", X.shape[0]):
         numpyro.sample("y", y_dist, obs=y)
 
@@ -134,11 +121,9 @@ def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
     fb, fw = _free_gate_entries(spec)
     b = jnp.asarray(sample["gate_bias"])
     bias = jnp.zeros(G * B, b.dtype).at[fb].set(b).reshape(G, B)
-    w = jnp.asarray(sample["gate_weight" if spec.gate == "softmax" else "gate_key"])
+    w = jnp.asarray(sample[_weight_site(spec)])
     weight = jnp.zeros((G * B, spec.n_gate_features), w.dtype).at[fw].set(w).reshape(G, B, -1)
-    cov = None
-    if spec.expert == "gaussian":
-        cov = (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]
+    cov = spec.expert_family.cov_from_sites(sample)
     return HMEParams(
         GateParams(bias, weight), ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), cov)
     )
@@ -151,14 +136,12 @@ def posterior_means(spec: ModelSpec, samples: dict, X) -> jax.Array:
 
 @partial(jax.jit, static_argnums=0)
 def _posterior_means(spec, samples, X):
-    from . import experts as _experts
-
     design = make_design(spec, X)
 
     def one(sample):
         p = params_from_sample(spec, sample)
         pi = jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, p.gates)))
-        mu = _experts.family(spec).mean(spec, p.experts, design.expert)
+        mu = spec.expert_family.mean(spec, p.experts, design.expert)
         return jnp.einsum("nl,nlk->nk", pi, mu)
 
     return jax.lax.map(one, samples)
@@ -170,14 +153,13 @@ def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
     g, e = params
     out = {
         "gate_bias": jnp.asarray(g.bias).ravel()[fb],
-        ("gate_weight" if spec.gate == "softmax" else "gate_key"): jnp.asarray(g.weight).reshape(
+        _weight_site(spec): jnp.asarray(g.weight).reshape(
             -1, spec.n_gate_features
         )[fw],
         "intercept": jnp.asarray(e.intercept),
         "coef": jnp.asarray(e.coef),
     }
-    if spec.expert == "gaussian":
-        out["sigma"] = jnp.sqrt(jnp.asarray(e.cov)[:, 0, 0])
+    out.update(spec.expert_family.noise_sites(e))
     return out
 
 
@@ -205,15 +187,15 @@ def _run_in_chunks(chunk_fn, state, total: int, chunk: int, monitor: FitMonitor,
     return state, jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:total], *pieces)
 
 
-def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9,
+def run_nuts(spec, X, y, scale, priors, start_params, num_warmup, num_samples, num_chains, seed, target_accept=0.9,
              verbose: int = 0):
-    """NUTS from ``init_params`` (chains vectorised; numpyro's own warm-up adaptation), run in compiled chunks of
+    """NUTS from ``start_params`` (chains vectorised; numpyro's own warm-up adaptation), run in compiled chunks of
     :data:`NUTS_CHUNK` steps (progress, Ctrl-C). Returns (samples by chain, divergences by chain)."""
     code_space.ensure_code_space()
     from numpyro.infer import NUTS, init_to_value
 
     kernel = NUTS(partial(hme_model, spec), target_accept_prob=target_accept,
-                  init_strategy=init_to_value(values=sites_from_params(spec, init_params)))
+                  init_strategy=init_to_value(values=sites_from_params(spec, start_params)))
     args = (X, y, scale, priors)
     key = jax.random.PRNGKey(seed)
     state = kernel.init(jax.random.split(key, num_chains) if num_chains > 1 else key, num_warmup, model_args=args,
@@ -245,9 +227,9 @@ def run_nuts(spec, X, y, scale, priors, init_params, num_warmup, num_samples, nu
     return {k: np.asarray(v) for k, v in samples.items()}, div
 
 
-def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_samples, seed, rank=None,
+def run_svi(spec, X, y, scale, priors, start_params, steps, learning_rate, num_samples, seed, rank=None,
             verbose: int = 0):
-    """SVI with a low-rank multivariate normal guide initialised at ``init_params``, run in compiled chunks of
+    """SVI with a low-rank multivariate normal guide initialised at ``start_params``, run in compiled chunks of
     :data:`SVI_CHUNK` steps (progress, Ctrl-C).
 
     Returns (draws with one leading chain axis, the loss = -ELBO per step)."""
@@ -258,7 +240,7 @@ def run_svi(spec, X, y, scale, priors, init_params, steps, learning_rate, num_sa
 
     model = partial(hme_model, spec)
     guide = AutoLowRankMultivariateNormal(
-        model, rank=rank, init_loc_fn=init_to_value(values=sites_from_params(spec, init_params)), init_scale=0.01
+        model, rank=rank, init_loc_fn=init_to_value(values=sites_from_params(spec, start_params)), init_scale=0.01
     )
     svi = SVI(model, guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
     key, sub = jax.random.split(jax.random.PRNGKey(seed))

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     fit.add_argument("--classify", action="store_true", help="treat a numeric target as class labels")
     fit.add_argument("--depth", type=int, default=2)
     fit.add_argument("--branching", type=int, default=2)
-    fit.add_argument("--gate", choices=("softmax", "laplace"), default="softmax")
+    fit.add_argument("--gate", default="softmax", help="a registered gate family: softmax, laplace, ...")
     fit.add_argument("--n-init", type=int, default=3, help="full EM runs (default 3)")
     fit.add_argument("--random-state", type=int, default=0)
     fit.add_argument("--se", choices=("observed", "sandwich"), default="observed")

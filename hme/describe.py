@@ -33,13 +33,13 @@ def describe_tree(spec: ModelSpec, params, X, feature_names=None, max_features: 
             return "constant weights"
         parts = []
         for c in range(1, t.n_children[g]):
-            if spec.gate == "softmax":
+            if not spec.gate_families[g].locations:  # slopes: the largest effects per input sd
                 eff = w[g, c] * sd
                 top = np.argsort(-np.abs(eff))[:max_features]
                 parts.append(f"child {c}: " + ", ".join(f"{w[g, c, j]:+.3g}·{gnames[j]}" for j in top))
             else:
                 parts.append(
-                    f"child {c}: key "
+                    f"child {c}: {spec.gate_families[g].weight_label} "
                     + ", ".join(f"{gnames[j]}={w[g, c, j]:.3g}" for j in range(min(len(gnames), max_features)))
                 )
         return "; ".join(parts)

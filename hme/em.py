@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import batched_linalg, code_space
-from . import experts as _experts
 from . import gates as _gates
 from . import monitor as _monitor
 from ._linalg import padded_length, weighted_gram
@@ -134,20 +133,9 @@ class EMResult(NamedTuple):
 
 
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
-    g = params.gates
-    if spec.gate == "gaussian":
-        gate_pen = _gates.gaussian_penalty(g, opts.gate_alpha)
-    elif spec.gate == "softmax" and jnp.ndim(opts.gate_alpha) == 1:  # per column: bias, then slopes
-        ga = opts.gate_alpha
-        gate_pen = 0.5 * (ga[0] * jnp.sum(g.bias**2) + jnp.sum(g.weight**2 * ga[1:]))
-    else:  # ridge on every bias, and on softmax slopes (Laplace keys are locations, not shrunk)
-        slope_sq = jnp.sum(g.weight**2, axis=(-2, -1))
-        if spec.mixed_gates:
-            slope_sq = jnp.where(spec.laplace_gates, 0.0, slope_sq)
-        elif spec.gate != "softmax":
-            slope_sq = jnp.zeros_like(slope_sq)
-        gate_pen = 0.5 * opts.gate_alpha * (jnp.sum(g.bias**2) + jnp.sum(slope_sq))
-    return gate_pen + _experts.family(spec).penalty(spec, params.experts, opts.alpha, opts.coef_target)
+    """Gate and expert ridges (each family's own), on the scale of the summed log-likelihood."""
+    gate_pen = _gates.penalty(spec, params.gates, opts.gate_alpha)
+    return gate_pen + spec.expert_family.penalty(spec, params.experts, opts.alpha, opts.coef_target)
 
 
 class EStep(NamedTuple):
@@ -165,24 +153,21 @@ def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) 
     ll = jnp.sum(w * j.log_lik)
     leaf_w = j.leaf_post * w[:, None]
     joint_ll = ll
-    if spec.gate == "gaussian":  # EM maximises the joint likelihood of (x, y)
-        joint_ll = ll + jnp.sum(w * _gates.gaussian_log_marginal(spec, data.design.gate, params.gates))
+    if _gates.models_inputs(spec):  # EM maximises the joint likelihood of (x, y)
+        joint_ll = ll + jnp.sum(w * _gates.log_marginal(spec, data.design.gate, params.gates))
     obj = (joint_ll - penalty(spec, params, opts)) / total
     return EStep(obj, ll / total, leaf_w, j.gate_log_prob, j.aux)
 
 
 def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st: EStep, opts: FitOptions) -> HMEParams:
-    fam = _experts.family(spec)
+    fam = spec.expert_family
     De, Dg = data.design
-    needs_leaf_gram = (
-        spec.expert == "gaussian"
-        or (spec.expert == "categorical" and cfg.expert_solver == "bound")
-        or (spec.shares_design and cfg.gate_solver == "bound")
-    )
+    needs_leaf_gram = fam.needs_gram(cfg.expert_solver) or (spec.shares_design and cfg.gate_solver == "bound")
     edge_w = edge_mass(spec, st.leaf_w)
     node_w = jnp.sum(edge_w, -1)
     hessian_gram = None
-    if needs_leaf_gram and spec.shares_design and spec.gate == "softmax" and cfg.gate_solver == "newton":
+    gram_gates = _gates.uses_node_gram(spec)
+    if needs_leaf_gram and spec.shares_design and gram_gates and cfg.gate_solver == "newton":
         # One streaming pass over the design for the experts' Grams and the gates' exact Hessians.
         hw = newton_weights(st.gate_log_prob, node_w, spec.tree.child_mask)
         L = st.leaf_w.shape[1]
@@ -191,7 +176,7 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
     else:
         leaf_gram = weighted_gram(De, st.leaf_w) if needs_leaf_gram else None
     node_gram = None
-    if spec.gate == "softmax" and cfg.gate_solver == "bound":
+    if cfg.gate_solver == "bound" and gram_gates:
         if spec.shares_design:
             # node posterior = sum of leaf posteriors below it, so node Grams are subtree sums of leaf Grams
             node_gram = jnp.einsum("gl,lij->gij", jnp.asarray(spec.tree.gate_leaf, De.dtype), leaf_gram)
@@ -209,10 +194,7 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
         node_gram,
         hessian_gram,
     )
-    if spec.expert == "categorical":
-        ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
-    else:
-        ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts)
+    ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
     return HMEParams(gates, ex)
 
 
@@ -332,11 +314,11 @@ def _keep(flag, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(flag.reshape(flag.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, init_params) -> HMEParams:
-    """(n_init, ...) starting parameters on the centred inputs: ``init_params`` broadcast, or one screened
+def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, start_params) -> HMEParams:
+    """(n_init, ...) starting parameters on the centred inputs: ``start_params`` broadcast, or one screened
     start per key (:func:`screened_starts`)."""
     if cfg.user_init:
-        p0 = center_params(spec, init_params, x_mean, +1.0)
+        p0 = center_params(spec, start_params, x_mean, +1.0)
         return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
     return screened_starts(spec, cfg, keys, data, opts)
 
@@ -370,9 +352,9 @@ def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
-def _fit(spec, cfg, X, y, w, keys, opts, init_params):
+def _fit(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
-    starts = starting_points(spec, cfg, data, x_mean, keys, opts, init_params)
+    starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
     traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
     return best_of(spec, traces, data, opts, x_mean)
 
@@ -383,7 +365,7 @@ def _leaf_health(spec, params, data, opts):
     n_rows = jnp.sum(data.weight > 0)  # padding rows carry zero weight
     count = jnp.sum(st.leaf_w, axis=0) * (n_rows / jnp.sum(data.weight))
     cov = params.experts.cov
-    if spec.expert != "gaussian" or cov is None:
+    if not spec.expert_family.has_cov or cov is None:
         return count, jnp.zeros(count.shape, bool)
     s = jnp.sqrt(opts.var_floor)
     scaled = cov / (s[:, None] * s[None, :])
@@ -406,8 +388,8 @@ def fit_em(
     y,
     *,
     sample_weight=None,
-    init: str = "random",
-    init_params: HMEParams | None = None,
+    init_params: str = "random",
+    start_params: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
@@ -432,8 +414,9 @@ def fit_em(
     y : Gaussian/Poisson: (n_samples,) or (n_samples, n_outputs); categorical: integer labels 0..C-1 of shape
         (n_samples,) or one-hot / soft labels (n_samples, C)
     sample_weight : (n_samples,) non-negative frequency weights, default all ones
-    init : {"kmeans", "kmeans_xy", "random"} (:mod:`hme.init`); ignored when ``init_params`` is given
-    init_params : HMEParams to start from (then every restart starts there)
+    init_params : {"kmeans", "kmeans_xy", "random"}, how random starts are drawn (:mod:`hme.init`; the estimators'
+        ``init_params``); ignored when ``start_params`` is given
+    start_params : HMEParams to start from (then every restart starts there)
     n_init : full EM runs (restarts), vectorised with ``vmap`` over PRNG keys; the best penalised
         log-likelihood among the non-degenerate restarts wins (:func:`healthy`; all degenerate: the best)
     n_candidates : emEM screening: each restart starts from the best of ``n_candidates`` random starts after
@@ -449,7 +432,8 @@ def fit_em(
     gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4; for
         softmax gates also a vector ``[α_bias, α_1, ..., α_p]`` (e.g. γ·[1, Var(x_1), ...] for a ridge on the
         standardised scale)
-    var_floor : floor on Gaussian expert variances, scalar or per output; default 1e-6 x Var(y)
+    var_floor : floor on expert variances relative to the (weighted) variance of each output, scalar or per
+        output (the estimators' ``var_floor``, one meaning in both layers); default 1e-6
     gate_solver : "newton" (exact IRLS Hessian) or "bound" (Böhning's curvature bound; no extra data pass)
     expert_solver : "newton" or "bound", for categorical experts
     verbose : > 0 shows a progress bar (iteration, best objective, restarts) from the start; otherwise it appears
@@ -464,13 +448,13 @@ def fit_em(
     """
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
-    p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
+    p = prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
-    cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init, gate_solver=gate_solver,
+    cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init_params, gate_solver=gate_solver,
                     expert_solver=expert_solver, user_init=p.user_init, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
-    return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params), monitored,
+    return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params), monitored,
                            max_iter, verbose, "EM", n_init)
 
 
@@ -488,16 +472,16 @@ class Prepared(NamedTuple):
     weight: jax.Array
     keys: jax.Array
     opts: FitOptions
-    init_params: HMEParams | None
+    start_params: HMEParams | None
     user_init: bool
 
 
-def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha, gate_alpha,
-                var_floor, coef_target=None) -> Prepared:
+def prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
+                gate_alpha, var_floor, coef_target=None) -> Prepared:
     """Shared validation of :func:`fit_em` and :func:`hme.fit_gradient` (clear errors, never a JAX traceback)."""
     code_space.ensure_code_space()
-    if init not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}")
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
@@ -508,7 +492,7 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
     ga = np.asarray(gate_alpha, np.float64)
     if not (np.all(a >= 0) and np.all(np.isfinite(a)) and np.all(ga >= 0) and np.all(np.isfinite(ga))):
         raise ValueError("alpha and gate_alpha must be finite and >= 0")
-    if ga.ndim > 1 or (ga.ndim == 1 and (spec.gate != "softmax" or ga.shape[0] != spec.n_gate_features + 1)):
+    if ga.ndim > 1 or (ga.ndim == 1 and (not _gates.uses_node_gram(spec) or ga.shape[0] != spec.n_gate_features + 1)):
         raise ValueError("gate_alpha must be a scalar, or (softmax gates) one value for the biases followed by one "
                          f"per gate feature ({spec.n_gate_features + 1} in all); got shape {ga.shape} for "
                          f"{spec.gate!r} gates")
@@ -551,17 +535,15 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
             f"n_samples={n_used} (with positive weight) should be >= the tree's {spec.tree.n_leaves} leaves: every "
             "expert needs data. Use a smaller tree (depth, branching) or more samples."
         )
-    if spec.expert == "poisson" and np.any(np.asarray(y) < 0):
-        raise ValueError("Poisson experts need non-negative counts y")
-    if var_floor is None:
-        wn = np.asarray(w, np.float64)
-        yn = np.asarray(y, np.float64)
-        mu = wn @ yn / wn.sum()
-        var = wn @ (yn - mu) ** 2 / wn.sum()
-        var_floor = DEFAULT_VAR_FLOOR * np.where(var > 0, var, 1.0)
-    vf = jnp.broadcast_to(jnp.asarray(var_floor, dtype), (spec.n_targets if spec.expert == "gaussian" else k,))
-    if not np.all(np.asarray(vf) > 0):
-        raise ValueError("var_floor must be > 0")
+    spec.expert_family.check_targets(y)
+    relative = np.asarray(DEFAULT_VAR_FLOOR if var_floor is None else var_floor, np.float64)
+    if not (np.all(np.isfinite(relative)) and np.all(relative > 0)):
+        raise ValueError(f"var_floor must be finite and > 0 (a fraction of each output's variance), got {var_floor!r}")
+    wn = np.asarray(w, np.float64)
+    yn = np.asarray(y, np.float64)
+    var = wn @ (yn - wn @ yn / wn.sum()) ** 2 / wn.sum()
+    floor = relative * np.where(var > 0, var, 1.0)  # absolute: a fraction of each output's (weighted) variance
+    vf = jnp.broadcast_to(jnp.asarray(floor, dtype), (spec.n_targets if spec.expert_family.has_cov else k,))
     opts = FitOptions(tol=jnp.asarray(tol, dtype), alpha=jnp.asarray(alpha, dtype),
                       gate_alpha=jnp.asarray(gate_alpha, dtype), var_floor=vf,
                       coef_target=None if coef_target is None else jnp.asarray(coef_target, dtype))
@@ -575,13 +557,13 @@ def prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_sta
             keys = key
         else:
             keys = jax.random.split(key, n_init)
-    user = init_params is not None
+    user = start_params is not None
     if user:
-        check_params(spec, init_params)
-        init_params = cast_params(init_params, dtype)
+        check_params(spec, start_params)
+        start_params = cast_params(start_params, dtype)
     pad = padded_length(n) - n
     if pad:  # zero-weight rows: nearby sample sizes reuse one compiled program
         X = jnp.pad(X, ((0, pad), (0, 0)))
         y = jnp.pad(y, ((0, pad), (0, 0)))
         w = jnp.pad(w, (0, pad))
-    return Prepared(X, y, w, keys, opts, init_params, user)
+    return Prepared(X, y, w, keys, opts, start_params, user)

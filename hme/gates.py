@@ -1,18 +1,11 @@
-r"""Gate families: log gate probabilities of every gate at once, and their M-steps.
+r"""All the gates of a tree at once, whatever their families.
 
-* softmax: ``log g_{g,c}(x) = w_{g,c}·x + b_{g,c} - logsumexp_c'(...)``, child 0 the reference (``w=0, b=0``).
-  M-step: weighted multinomial logit with soft targets (:mod:`hme._logit`).
-* laplace (FuseMoE, docs/theory.md §1.2): ``log g_{g,c}(x) = -‖W_{g,c} - x‖_ε + b_{g,c} - logsumexp``, with the
-  smoothed distance ``‖v‖_ε = sqrt(‖v‖² + ε²)``. M-step: modified Newton (eigenvalues of the negative Hessian
-  replaced by their absolute values, floored) with step halving on the same weighted soft-target objective.
+A tree's gates are grouped by family (:func:`gate_groups`: one group for a one-family tree, one per family for
+per-level trees such as the HMoE paper's softmax-above-Laplace). Each family computes its own gates' logits,
+M-step, penalty and reparametrisations (:mod:`hme.families`); this module gathers and scatters them.
 
-* gaussian (Xu, Jordan & Hinton 1995): ``log g_c(x) = log π_c + log N(x | c_c, Γ_c) - logsumexp``. The gate is
-  the posterior of a Gaussian mixture on the inputs, so EM maximises the joint likelihood
-  ``Σ_t log Σ_c π_c N(x_t | c_c, Γ_c) p(y_t | x_t, θ_c)`` and the M-step is closed form:
-  ``π_c ∝ m_c = Σ_t e_tc``, ``c_c = Σ_t e_tc x_t / m_c``, ``Γ_c = (Σ_t e_tc (x_t - c_c)(x_t - c_c)ᵀ + α I) / m_c``
-  (``α = gate_alpha``: the MAP under the penalty ``½ α tr Γ_c⁻¹``, which keeps Γ_c positive definite).
-
-Designs: softmax gates read ``Dg = [1, X_gate]``; Laplace and Gaussian gates read the raw gate features ``X_gate``.
+Designs: the gate design is ``[1, X_gate]`` when any family in the tree reads an intercept, else ``X_gate``;
+a family without an intercept reads ``X_gate`` (the design without its first column).
 """
 
 from __future__ import annotations
@@ -21,80 +14,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import batched_linalg
-from ._linalg import CHUNK, newton_ascent
-from ._logit import logit_m_step, masked_log_softmax, unit_logits
+from ._logit import masked_log_softmax
+from .families import GateFamily, GateProblem, gate_family, take_gates
 from .params import GateParams
 from .spec import ModelSpec
 
 
-def softmax_theta(gates: GateParams) -> jax.Array:
-    """(n_gates, B, 1 + p) with the bias in column 0."""
-    return jnp.concatenate([gates.bias[..., None], gates.weight], axis=-1)
+def gate_groups(spec: ModelSpec) -> tuple[tuple[GateFamily, np.ndarray | None], ...]:
+    """((family, gate indices), ...) in first-appearance order; the indices are None when one family has all gates."""
+    kinds = spec.gate_kinds
+    names = list(dict.fromkeys(kinds))
+    if len(names) == 1:
+        return ((gate_family(names[0]), None),)
+    return tuple((gate_family(n), np.flatnonzero([k == n for k in kinds])) for n in names)
 
 
-def laplace_sq_distance(design: jax.Array, keys: jax.Array) -> jax.Array:
-    """‖x_t - W_{g,c}‖² for all samples and keys, (n, G, B), via one GEMM (clamped at 0 against roundoff)."""
-    G, B, p = keys.shape
-    cross = (design @ keys.reshape(G * B, p).T).reshape(design.shape[0], G, B)
-    sq = jnp.sum(design**2, axis=1)[:, None, None] - 2.0 * cross + jnp.sum(keys**2, axis=-1)[None]
-    return jnp.maximum(sq, 0.0)
+def family_design(spec: ModelSpec, family: GateFamily, design: jax.Array) -> jax.Array:
+    """The tree's gate design in ``family``'s form (without the intercept column where it reads none)."""
+    return design[:, 1:] if spec.gate_design_has_intercept and not family.intercept else design
 
 
-def laplace_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
-    eps = jnp.asarray(spec.laplace_smoothing, design.dtype)
-    return -jnp.sqrt(laplace_sq_distance(design, gates.weight) + eps**2) + gates.bias[None]
+def _select(gates: GateParams, idx) -> GateParams:
+    return gates if idx is None else take_gates(gates, idx)
 
 
-def gaussian_logits(design: jax.Array, gates: GateParams) -> jax.Array:
-    """``log π_c + log N(x_t | c_c, Γ_c)`` for all samples and children, (n, G, B), via Cholesky factors."""
-    G, B, p = gates.weight.shape
-    factor = batched_linalg.cholesky(gates.cov)  # (G, B, p, p)
-    # whitened residuals z = L⁻¹ (x - c): solve with the inverse factor (p is small)
-    inv = batched_linalg.lower_inverse(factor)
-    chol = factor.lower
-    z = jnp.einsum("gbij,nj->ngbi", inv, design) - jnp.einsum("gbij,gbj->gbi", inv, gates.weight)[None]
-    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)  # (G, B)
-    const = 0.5 * p * jnp.log(2 * jnp.pi)
-    return gates.bias[None] - half_logdet[None] - const - 0.5 * jnp.sum(z**2, -1)
-
-
-def gaussian_log_marginal(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
-    """``log Σ_c π_c N(x_t | c_c, Γ_c)`` of the (single) Gaussian gate, (n,): the inputs' term of the joint "
-    "likelihood."""
-    logits = gaussian_logits(design, gates)[:, 0, :]
-    mask = jnp.asarray(spec.tree.child_mask)[0]
-    return jax.scipy.special.logsumexp(jnp.where(mask[None], logits, -jnp.inf), axis=-1)
-
-
-def _mixed_index(spec: ModelSpec):
-    """Static gate indices of the softmax and of the Laplace gates of a mixed-family tree."""
-    lap = spec.laplace_gates
-    return np.flatnonzero(~lap), np.flatnonzero(lap)
-
-
-def _take(gates: GateParams, idx) -> GateParams:
-    return GateParams(gates.bias[idx], gates.weight[idx])
+def _scatter(out: GateParams, idx, part: GateParams) -> GateParams:
+    if idx is None:
+        return part
+    cov = out.cov if part.cov is None else out.cov.at[idx].set(part.cov)
+    return GateParams(out.bias.at[idx].set(part.bias), out.weight.at[idx].set(part.weight), cov)
 
 
 def gate_logits(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
-    if spec.mixed_gates:  # each family computed on its own gates only; the design carries the intercept column
-        s, l = _mixed_index(spec)
-        n = design.shape[0]
-        out = jnp.zeros((n,) + gates.bias.shape, design.dtype)
-        out = out.at[:, s].set(unit_logits(design, softmax_theta(_take(gates, s))))
-        return out.at[:, l].set(laplace_logits(spec, design[:, 1:], _take(gates, l)))
-    if spec.gate == "softmax":
-        return unit_logits(design, softmax_theta(gates))
-    if spec.gate == "gaussian":
-        return gaussian_logits(design, gates)
-    return laplace_logits(spec, design, gates)
+    """Unnormalised log gate probabilities of every gate, (n, n_gates, max_branching)."""
+    groups = gate_groups(spec)
+    if len(groups) == 1:
+        fam, _ = groups[0]
+        return fam.logits(spec, family_design(spec, fam, design), gates)
+    out = jnp.zeros((design.shape[0],) + gates.bias.shape, design.dtype)
+    for fam, idx in groups:
+        out = out.at[:, idx].set(fam.logits(spec, family_design(spec, fam, design), take_gates(gates, idx)))
+    return out
 
 
 def gate_log_probs(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
     """Log gate probabilities of every gate, (n, n_gates, max_branching); absent children give 0."""
-    mask = spec.tree.child_mask
-    return masked_log_softmax(gate_logits(spec, design, gates), mask)
+    return masked_log_softmax(gate_logits(spec, design, gates), spec.tree.child_mask)
 
 
 def m_step(
@@ -109,218 +74,117 @@ def m_step(
     node_gram: jax.Array | None = None,
     hessian_gram: jax.Array | None = None,
 ) -> GateParams:
-    """Generalized M-step for all gates: one warm-started (modified) Newton step with halving each.
+    """Generalized M-step for all gates: each family's step on its own gates (independent problems).
 
     edge_w : (n, G, B) posterior mass through each edge times sample weight (soft targets);
-    node_w : (n, G) posterior mass at each gate (case weights).
+    node_w : (n, G) posterior mass at each gate (case weights). The precomputed Grams serve one-family trees.
     """
-    mask = spec.tree.child_mask
-    dtype = design.dtype
-    q = design.shape[1]
-    if spec.mixed_gates:  # the gates are independent problems: each family's step on its own gates
-        s, l = _mixed_index(spec)
-        penalty = jnp.full((q,), gate_alpha, dtype)
-        theta = logit_m_step(
-            design,
-            softmax_theta(_take(gates, s)),
-            log_prob[:, s],
-            edge_w[:, s],
-            node_w[:, s],
-            mask[s],
-            penalty,
-            "newton",
+    mask = np.asarray(spec.tree.child_mask)
+    groups = gate_groups(spec)
+    out = gates
+    for fam, idx in groups:
+        sel = (lambda a: a) if idx is None else (lambda a, idx=idx: a[:, idx])
+        problem = GateProblem(
+            design=family_design(spec, fam, design),
+            log_prob=sel(log_prob),
+            edge_w=sel(edge_w),
+            node_w=sel(node_w),
+            root_w=node_w[:, 0],
+            mask=mask if idx is None else mask[idx],
+            gate_alpha=gate_alpha,
+            solver=solver if idx is None else "newton",
+            node_gram=node_gram if idx is None else None,
+            hessian_gram=hessian_gram if idx is None else None,
         )
-        box = reach_box(design[:, 1:], node_w)
-        lap = _laplace_m_step(
-            spec, _take(gates, l), design[:, 1:], log_prob[:, l], edge_w[:, l], node_w[:, l], gate_alpha, mask[l],
-            (box[0][l], box[1][l]),
-        )
-        bias = gates.bias.at[s].set(theta[..., 0]).at[l].set(lap.bias)
-        weight = gates.weight.at[s].set(theta[..., 1:]).at[l].set(lap.weight)
-        return GateParams(bias, weight)
-    if spec.gate == "softmax":  # gate_alpha: scalar, or one value per design column (bias, then slopes)
-        penalty = jnp.broadcast_to(jnp.asarray(gate_alpha, dtype), (q,))
-        theta = logit_m_step(
-            design, softmax_theta(gates), log_prob, edge_w, node_w, mask, penalty, solver, node_gram, hessian_gram
-        )
-        return GateParams(theta[..., 0], theta[..., 1:])
-    if spec.gate == "gaussian":
-        return gaussian_m_step(spec, design, edge_w, gate_alpha)
-    return _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask, reach_box(design, node_w))
+        new = fam.m_step(spec, _select(gates, idx), problem)
+        out = _scatter(out, idx, new)
+    return GateParams(out.bias, out.weight, out.cov)
 
 
-def gaussian_m_step(spec: ModelSpec, design: jax.Array, edge_w: jax.Array, gate_alpha) -> GateParams:
-    """Closed-form maximiser of ``Σ_t Σ_c e_tc log(π_c N(x_t | c_c, Γ_c)) - ½ α Σ_c tr Γ_c⁻¹``."""
-    dtype = design.dtype
-    mask = jnp.asarray(spec.tree.child_mask)
-    p = design.shape[1]
-    tiny = jnp.finfo(dtype).tiny
-    mass = jnp.sum(edge_w, 0)  # (G, B)
-    safe = jnp.maximum(mass, tiny)
-    means = jnp.einsum("ngb,np->gbp", edge_w, design) / safe[..., None]
-    second = jnp.einsum("ngb,np,nq->gbpq", edge_w, design, design)
-    scatter = second - safe[..., None, None] * jnp.einsum("gbp,gbq->gbpq", means, means)
-    eye = jnp.eye(p, dtype=dtype)
-    alpha = jnp.maximum(jnp.asarray(gate_alpha, dtype), jnp.finfo(dtype).eps)
-    cov = (scatter + alpha * eye) / safe[..., None, None]
-    cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-    log_pi = jnp.log(safe) - jnp.log(jnp.sum(jnp.where(mask, mass, 0.0), -1, keepdims=True))
-    return GateParams(jnp.where(mask, log_pi, 0.0), jnp.where(mask[..., None], means, 0.0), cov)
+def penalty(spec: ModelSpec, gates: GateParams, gate_alpha) -> jax.Array:
+    """Σ over families of each family's ridge on its gates (scale of the summed log-likelihood)."""
+    return sum(fam.penalty(_select(gates, idx), gate_alpha) for fam, idx in gate_groups(spec))
 
 
-def gaussian_penalty(gates: GateParams, gate_alpha) -> jax.Array:
-    """``½ α Σ_c tr Γ_c⁻¹``: the penalty whose MAP gives the covariance update of :func:`gaussian_m_step`."""
-    dtype = gates.cov.dtype
-    alpha = jnp.maximum(jnp.asarray(gate_alpha, dtype), jnp.finfo(dtype).eps)
-    return 0.5 * alpha * jnp.sum(jnp.trace(batched_linalg.inv_psd(gates.cov), axis1=-2, axis2=-1))
+def shift(spec: ModelSpec, gates: GateParams, x_shift: jax.Array, sign: float) -> GateParams:
+    """The gates re-expressed for gate inputs moved by ``-sign · x_shift`` (exact)."""
+    out = gates
+    for fam, idx in gate_groups(spec):
+        out = _scatter(out, idx, fam.shift(_select(gates, idx), x_shift, sign))
+    return out
 
 
-# -- Laplace gates ------------------------------------------------------------------------------------
-
-#: A row reaches a gate when its posterior there is at least this fraction of the largest posterior at that gate.
-REACH = 0.5
-#: With two or more gate inputs, keys may sit this fraction of the reaching rows' range outside it, per coordinate:
-#: a key just outside the data still shapes the gate (far outside, it only shifts the bias). With one input a key
-#: outside the data is exactly a key on its edge with a shifted bias, so there is no margin.
-KEY_MARGIN = 0.5
-
-
-def reach_box(design: jax.Array, node_w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""Lower and upper corners, each (n_gates, p), of the box a Laplace gate's keys are kept in: the bounding box
-    of the rows that reach the gate, widened by ``KEY_MARGIN`` times its range on each side when there are two or
-    more gate inputs.
-
-    With h_tg = node_w_tg / node_w_t0 the posterior of gate g (gate 0 is the root, whose mass is the sample
-    weight), row t reaches g when h_tg >= REACH · max_s h_sg. A gate no row reaches gets the whole space.
-    Far outside its rows a key's distance to them is nearly affine in the key (exactly, in one dimension), so the
-    key trades off against its bias along a flat direction and can run off; keys are kept in the box
-    (:func:`project_keys`)."""
-    root = node_w[:, :1]
-    h = jnp.where(root > 0, node_w / jnp.maximum(root, jnp.finfo(design.dtype).tiny), 0.0)
-    reach = (h >= REACH * jnp.max(h, axis=0, keepdims=True)) & (h > 0)  # (n, G)
-
-    def corners(r):  # one gate at a time: no (n, G, p) array
-        lo = jnp.min(jnp.where(r[:, None], design, jnp.inf), axis=0)
-        hi = jnp.max(jnp.where(r[:, None], design, -jnp.inf), axis=0)
-        return lo, hi
-
-    lo, hi = jax.lax.map(corners, reach.T)
-    margin = KEY_MARGIN if design.shape[1] > 1 else 0.0
-    width = jnp.where(jnp.isfinite(hi - lo), hi - lo, 0.0)
-    return lo - margin * width, hi + margin * width
+def zeros(spec: ModelSpec, dtype) -> GateParams:
+    """Uniform gates: zero biases and weights (unit covariances where the family has them)."""
+    t = spec.tree
+    G, B, p = t.n_gates, t.max_branching, spec.n_gate_features
+    out = None
+    for fam, idx in gate_groups(spec):
+        part = fam.zeros(G if idx is None else len(idx), B, p, dtype)
+        if idx is None:
+            return part
+        if out is None:
+            out = GateParams(jnp.zeros((G, B), dtype), jnp.zeros((G, B, p), dtype))
+        out = _scatter(out, idx, part)
+    return out
 
 
-def _laplace_objective(spec, design, gates, edge_w, gate_alpha, mask):
-    logp = masked_log_softmax(laplace_logits(spec, design, gates), mask)
-    return jnp.einsum("ngb,ngb->g", edge_w, logp) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
+def start(spec: ModelSpec, gates: GateParams, design: jax.Array, edge_w: jax.Array) -> GateParams:
+    """Gates before a start's Newton steps (location families: children's centroids, :meth:`GateFamily.start`)."""
+    mask = np.asarray(spec.tree.child_mask)
+    out = gates
+    for fam, idx in gate_groups(spec):
+        e = edge_w if idx is None else edge_w[:, idx]
+        part = fam.start(_select(gates, idx), family_design(spec, fam, design), e, mask if idx is None else mask[idx])
+        out = _scatter(out, idx, part)
+    return out
 
 
-def _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask):
-    r"""Gradient and Hessian of Σ_t Σ_c e_tc log g_c per gate, parameters φ_c = (b_c, W_c) per child.
-
-    With u_tc = (W_c - x_t)/d_tc and J_tc = (1, -u_tc) the Jacobian of the logit,
-    H = -Σ_t n_t Σ_{c,c'} (δ p_c - p_c p_c') J_tc J_tc'ᵀ  -  Σ_t Σ_c r_tc (I - u u ᵀ)/d_tc  (W-block only),
-    r_tc = e_tc - n_t p_tc. Accumulated over blocks of rows (no (n, G, B, p, p) array).
-    """
-    G, B, p = gates.weight.shape
-    eps = jnp.asarray(spec.laplace_smoothing, design.dtype)
-    n = design.shape[0]
-    chunk = min(CHUNK, n)
-    pad = (-n) % chunk
-
-    def padrows(a):
-        return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
-
-    xs = [padrows(a) for a in (design, log_prob, edge_w, node_w)]
-    xs = [a.reshape((-1, chunk) + a.shape[1:]) for a in xs]
-    P = p + 1
-    eye_p = jnp.eye(p, dtype=design.dtype)
-
-    def block(x, logp, e, nw):
-        v = gates.weight[None] - x[:, None, None, :]  # (c, G, B, p)
-        d = jnp.sqrt(jnp.sum(v**2, -1) + eps**2)  # (c, G, B)
-        u = v / d[..., None]
-        prob = jnp.where(mask[None], jnp.exp(logp), 0.0)
-        r = e - nw[..., None] * prob  # (c, G, B)
-        J = jnp.concatenate([jnp.ones(u.shape[:-1] + (1,), u.dtype), -u], -1)  # (c, G, B, P)
-        grad = jnp.einsum("ngb,ngbi->gbi", r, J)
-        A = nw[..., None, None] * (
-            prob[..., :, None] * jnp.eye(B, dtype=x.dtype) - prob[..., :, None] * prob[..., None, :]
-        )
-        h1 = -jnp.einsum("ngbc,ngbi,ngcj->gbicj", A, J, J)
-        rd = r / d
-        h2w = -(jnp.einsum("ngb->gb", rd)[..., None, None] * eye_p - jnp.einsum("ngb,ngbi,ngbj->gbij", rd, u, u))
-        return grad, h1, h2w
-
-    def body(acc, xs_):
-        g, h1, h2 = block(*xs_)
-        return (acc[0] + g, acc[1] + h1, acc[2] + h2), None
-
-    zeros = (
-        jnp.zeros((G, B, P), design.dtype),
-        jnp.zeros((G, B, P, B, P), design.dtype),
-        jnp.zeros((G, B, p, p), design.dtype),
-    )
-    (grad, h1, h2w), _ = jax.lax.scan(body, zeros, tuple(xs))
-    hess = h1 + jnp.einsum(
-        "gbij,bc->gbicj", jnp.pad(h2w, ((0, 0), (0, 0), (1, 0), (1, 0))), jnp.eye(B, dtype=design.dtype)
-    )
-    return grad, hess
+def uses_node_gram(spec: ModelSpec) -> bool:
+    """One family on every gate, a linear logit that takes Gram matrices (:attr:`GateFamily.uses_node_gram`)."""
+    groups = gate_groups(spec)
+    return len(groups) == 1 and groups[0][0].uses_node_gram
 
 
-def project_keys(step, keys, box, curv, grad, mask):
-    r"""Projected Newton step (Bertsekas 1982) for keys confined to ``box``: key coordinates whose step would leave
-    the box are set onto its face, and the other coordinates (biases included) re-solve the Newton system with
-    those held fixed, ``M_FF s_F = g_F - M_FA s_A``, so a bias absorbs what its clipped key could not move.
-
-    step (G, B, P) with P = 1 + p (bias first); keys (G, B, p); curv (G, BP, BP) positive definite; grad (G, BP)."""
-    G, B, P = step.shape
-    lo, hi = box
-    target = jnp.clip(keys + step[..., 1:], lo[:, None], hi[:, None])
-    active = (target != keys + step[..., 1:]) & jnp.asarray(mask)[..., None]  # (G, B, p)
-    active = jnp.concatenate([jnp.zeros((G, B, 1), bool), active], -1).reshape(G, B * P)
-    fixed = jnp.concatenate([jnp.zeros((G, B, 1), step.dtype), target - keys], -1).reshape(G, B * P)
-    fixed = jnp.where(active, fixed, 0.0)
-    rhs = jnp.where(active, fixed, grad - jnp.einsum("gij,gj->gi", curv, fixed))
-    either = active[:, :, None] | active[:, None, :]
-    eye = jnp.eye(B * P, dtype=step.dtype)
-    projected = batched_linalg.solve_psd(jnp.where(either, eye, curv), rhs)
-    projected = jnp.where(jnp.isfinite(projected), projected, 0.0).reshape(G, B, P)
-    # a re-solved free key coordinate may itself cross the box: clip it too (one projection pass, not iterated)
-    moved = jnp.clip(keys + projected[..., 1:], lo[:, None], hi[:, None]) - keys
-    return projected.at[..., 1:].set(jnp.where(jnp.asarray(mask)[..., None], moved, 0.0))
+def models_inputs(spec: ModelSpec) -> bool:
+    """Whether the gate is a density on the inputs (EM then maximises the joint likelihood of (x, y))."""
+    return any(fam.models_inputs for fam, _ in gate_groups(spec))
 
 
-def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, mask, box):
-    """One modified Newton step with halving for every Laplace gate; the step's keys are projected onto ``box``
-    (:func:`reach_box`), so a key cannot leave the rows that reach its gate (the halving path stays in the box,
-    which is convex, from a key inside it)."""
-    G, B, p = gates.weight.shape
-    P = p + 1
-    dtype = design.dtype
-    grad, hess = _laplace_grad_hess(spec, design, gates, log_prob, edge_w, node_w, mask)
-    # ridge on the biases
-    grad = grad.at[..., 0].add(-gate_alpha * gates.bias)
-    hess = hess - gate_alpha * jnp.einsum("bc,ij->bicj", jnp.eye(B, dtype=dtype), jnp.diag(jnp.eye(P, dtype=dtype)[0]))
-    # free parameters: existing children; the reference child's bias is fixed at 0
-    free = jnp.broadcast_to(jnp.asarray(mask)[:, :, None], (G, B, P)).at[:, 0, 0].set(False)
-    grad = jnp.where(free, grad, 0.0).reshape(G, B * P)
-    neg = -hess.reshape(G, B * P, B * P)
-    f2 = free.reshape(G, B * P)
-    both = f2[:, :, None] & f2[:, None, :]
-    neg = jnp.where(both, neg, 0.0) + jax.vmap(jnp.diag)(jnp.where(f2, 0.0, 1.0).astype(dtype))
-    neg = 0.5 * (neg + jnp.swapaxes(neg, 1, 2))
-    # Saddle-free modification: directions of negative curvature (the distance is not concave) keep their
-    # scale |λ| instead of being clipped to a tiny floor, which would produce huge steps that halving rejects:
-    # step = (|H| + δ I)⁻¹ g with |H| = V |Λ| Vᵀ (matrix products only, no eigensolver) and δ = 1e-4 ‖H‖_F.
-    scale = jnp.sqrt(jnp.sum(neg * neg, axis=(-2, -1)))
-    floor = 1e-4 * scale + jnp.finfo(dtype).tiny ** 0.5
-    curv = batched_linalg.matrix_abs(neg) + floor[:, None, None] * jnp.eye(B * P, dtype=dtype)
-    step = batched_linalg.solve_psd(curv, grad)
-    step = jnp.where(jnp.isfinite(step), step, 0.0).reshape(G, B, P)
-    step = project_keys(step, gates.weight, box, curv, grad, mask)
-    theta = jnp.concatenate([gates.bias[..., None], gates.weight], -1)
-    f0 = jnp.einsum("ngb,ngb->g", edge_w, log_prob) - 0.5 * gate_alpha * jnp.sum(gates.bias**2, -1)
-    obj = lambda th: _laplace_objective(spec, design, GateParams(th[..., 0], th[..., 1:]), edge_w, gate_alpha, mask)
-    theta, _ = newton_ascent(theta, step, obj, f0)
-    return GateParams(theta[..., 0], theta[..., 1:])
+def log_marginal(spec: ModelSpec, design: jax.Array, gates: GateParams) -> jax.Array:
+    """(n,) ``log p(x_t)`` of a tree whose gate models the inputs (one gate: :attr:`GateFamily.models_inputs`)."""
+    (fam, _), = gate_groups(spec)
+    return fam.log_marginal(spec, family_design(spec, fam, design), gates)
+
+
+def free_masks(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(bias, weight-row) NumPy bool masks, each (n_gates, max_branching), of the free gate entries: existing
+    children, less each family's reference conventions (:meth:`GateFamily.free_masks`)."""
+    child = np.asarray(spec.tree.child_mask, bool)
+    bias, weight = np.zeros_like(child), np.zeros_like(child)
+    for fam, idx in gate_groups(spec):
+        sel = slice(None) if idx is None else idx
+        bias[sel], weight[sel] = fam.free_masks(child[sel])
+    return bias, weight
+
+
+def extra_unconstrained(spec: ModelSpec, gates: GateParams) -> dict:
+    """Unconstrained forms of the gates' parameters beyond bias and weight (families that have them)."""
+    out = {}
+    for fam, idx in gate_groups(spec):
+        out.update(fam.extra_unconstrained(_select(gates, idx)))
+    return out
+
+
+def constrain(spec: ModelSpec, u: dict) -> GateParams:
+    """Gate parameters from the gradient solvers' unconstrained values ``u`` (``gate_bias``, ``gate_weight`` and
+    any family extras); fixed entries are 0."""
+    bias_mask, weight_mask = free_masks(spec)
+    weight = jnp.where(weight_mask[..., None], u["gate_weight"], 0.0)
+    bias, cov = jnp.zeros_like(u["gate_bias"]), None
+    for fam, idx in gate_groups(spec):
+        sel = slice(None) if idx is None else idx
+        b, c = fam.constrain(u["gate_bias"][sel], bias_mask[sel], u)
+        bias = b if idx is None else bias.at[idx].set(b)
+        cov = c if idx is None else cov
+    return GateParams(bias, weight, cov)

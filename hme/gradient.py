@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import batched_linalg
 from . import gates as _gates
 from . import monitor as _monitor
 from .em import (
@@ -46,7 +45,7 @@ from .em import (
 )
 from .fitting import iterate
 from .model import joint
-from .params import ExpertParams, GateParams, HMEParams
+from .params import ExpertParams, HMEParams
 from .spec import ModelSpec
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -74,77 +73,19 @@ class GradientConfig:
 # -- unconstrained parameterisation ---------------------------------------------------------------------
 
 
-def _gate_masks(spec: ModelSpec):
-    """Static (G, B) masks of the free gate biases and of the free gate slopes/keys."""
-    child = np.asarray(spec.tree.child_mask, bool)
-    bias = child.copy()
-    weight = child.copy()
-    if spec.gate != "gaussian":
-        bias[:, 0] = False  # reference bias
-        softmax = ~spec.laplace_gates
-        weight[softmax, 0] = False  # a softmax gate's reference slope
-    return bias, weight
-
-
-def _chol_param(cov, floor):
-    """cov -> lower-triangular raw factor of cov - diag(floor) with a log-diagonal (clamped away from 0)."""
-    m = cov.shape[-1]
-    eye = jnp.eye(m, dtype=cov.dtype)
-    excess = cov - floor[..., None] * eye
-    scale = jnp.maximum(jnp.max(floor), jnp.finfo(cov.dtype).tiny)
-    excess = 0.5 * (excess + jnp.swapaxes(excess, -1, -2)) + 1e-3 * scale * eye
-    L = batched_linalg.cholesky(excess).lower
-    d = jnp.diagonal(L, axis1=-2, axis2=-1)
-    return jnp.tril(L, -1) + jnp.log(d)[..., None] * eye
-
-
-def _chol_cov(raw, floor):
-    m = raw.shape[-1]
-    eye = jnp.eye(m, dtype=raw.dtype)
-    L = jnp.tril(raw, -1) + jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))[..., None] * eye
-    return L @ jnp.swapaxes(L, -1, -2) + floor[..., None] * eye
-
-
 def to_unconstrained(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> dict:
+    """Parameters -> a dict of unconstrained arrays (covariances as log-Cholesky factors above their floors)."""
     g, e = params
     u = {"gate_bias": g.bias, "gate_weight": g.weight, "intercept": e.intercept, "coef": e.coef}
-    if spec.gate == "gaussian":
-        u["gate_cov"] = _chol_param(g.cov, jnp.zeros(g.cov.shape[-1], g.cov.dtype))
-    if spec.expert == "gaussian":
-        floor = opts.var_floor
-        cov = e.cov[:1] if spec.shared_covariance else e.cov
-        tiny = 1e-3 * jnp.max(floor)
-        if spec.covariance_type == "full":
-            u["cov"] = _chol_param(cov, floor)
-        elif spec.covariance_type == "diag":
-            u["cov"] = jnp.log(jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1) - floor, tiny))
-        else:
-            v = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), -1, keepdims=True)
-            u["cov"] = jnp.log(jnp.maximum(v - jnp.max(floor), tiny))
+    u.update(_gates.extra_unconstrained(spec, g))
+    u.update(spec.expert_family.extra_unconstrained(spec, e, opts.var_floor))
     return u
 
 
 def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
-    bias_mask, weight_mask = _gate_masks(spec)
-    bias = jnp.where(bias_mask, u["gate_bias"], 0.0)
-    weight = jnp.where(weight_mask[..., None], u["gate_weight"], 0.0)
-    gate_cov = None
-    if spec.gate == "gaussian":
-        bias = jnp.where(bias_mask, jax.nn.log_softmax(jnp.where(bias_mask, u["gate_bias"], -jnp.inf), axis=-1), 0.0)
-        gate_cov = _chol_cov(u["gate_cov"], jnp.zeros(u["gate_cov"].shape[-1], u["gate_cov"].dtype))
-    cov = None
-    if spec.expert == "gaussian":
-        floor = opts.var_floor
-        m = spec.n_targets
-        eye = jnp.eye(m, dtype=floor.dtype)
-        if spec.covariance_type == "full":
-            cov = _chol_cov(u["cov"], floor)
-        elif spec.covariance_type == "diag":
-            cov = (floor + jnp.exp(u["cov"]))[..., None] * eye
-        else:
-            cov = (jnp.max(floor) + jnp.exp(u["cov"]))[..., None] * eye
-        cov = jnp.broadcast_to(cov, (spec.tree.n_leaves, m, m))
-    return HMEParams(GateParams(bias, weight, gate_cov), ExpertParams(u["intercept"], u["coef"], cov))
+    """The inverse of :func:`to_unconstrained`; reference entries are fixed at 0."""
+    cov = spec.expert_family.constrained_cov(spec, u, opts.var_floor)
+    return HMEParams(_gates.constrain(spec, u), ExpertParams(u["intercept"], u["coef"], cov))
 
 
 # -- objective and optimisation loop ---------------------------------------------------------------------
@@ -154,8 +95,8 @@ def batch_objective(spec: ModelSpec, params: HMEParams, design, y, w, total, opt
     """EM's objective on a batch: ``(Σ_b w log p - (Σ_b w / total) penalty) / Σ_b w`` (= EM's on all rows)."""
     j = joint(spec, params, design, y)
     ll = jnp.sum(w * j.log_lik)
-    if spec.gate == "gaussian":
-        ll = ll + jnp.sum(w * _gates.gaussian_log_marginal(spec, design.gate, params.gates))
+    if _gates.models_inputs(spec):
+        ll = ll + jnp.sum(w * _gates.log_marginal(spec, design.gate, params.gates))
     wb = jnp.sum(w)
     safe = jnp.maximum(wb, jnp.finfo(w.dtype).tiny)
     return (ll - (wb / total) * penalty(spec, params, opts)) / safe
@@ -240,9 +181,9 @@ def run_gradient(
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
-def _fit_gradient(spec, cfg, X, y, w, keys, opts, init_params):
+def _fit_gradient(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
-    starts = starting_points(spec, cfg, data, x_mean, keys, opts, init_params)
+    starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     traces = jax.vmap(lambda p, k: run_gradient(spec, cfg, p, data, opts, k))(starts, run_keys)
     return best_of(spec, traces, data, opts, x_mean)
@@ -257,8 +198,8 @@ def fit_gradient(
     optimizer: str = "lbfgs",
     learning_rate: float | None = None,
     batch_size: int | None = None,
-    init: str = "random",
-    init_params: HMEParams | None = None,
+    init_params: str = "random",
+    start_params: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
@@ -290,11 +231,11 @@ def fit_gradient(
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    p = prepare_fit(spec, X, y, sample_weight, init, init_params, n_init, random_state, max_iter, tol, alpha,
+    p = prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
                     gate_alpha, var_floor, coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
-    cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init,
+    cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init_params,
                          batch_size=None if batch_size is None else int(batch_size), learning_rate=learning_rate,
                          user_init=p.user_init, monitor=monitored, n_candidates=check_n_candidates(n_candidates))
-    return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params),
+    return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params),
                            monitored, max_iter, verbose, optimizer, n_init)

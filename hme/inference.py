@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_space
+from . import gates as tree_gates
 from .model import joint, make_design, prepare_targets
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
@@ -91,19 +92,29 @@ def canonicalize(spec: ModelSpec, params: HMEParams, x_ref) -> HMEParams:
 
     walk((), ())
     bias, weight = g.bias.copy(), g.weight.copy()
+    cov = None if g.cov is None else np.asarray(g.cov).copy()
     for gn, go in new_of_old_gate.items():
         sig = order[gate_paths[go]]
         k = len(sig)
-        b_old = g.bias[go, sig]
-        w_old = g.weight[go, sig]
-        bias[gn, :k] = b_old - b_old[0]
-        # softmax slopes are relative to the reference child; Laplace keys are locations and stay
-        weight[gn, :k] = w_old - w_old[0] if spec.gate_kinds[gn] == "softmax" else w_old
+        # each family restores its reference conventions (softmax slopes are relative to the reference child;
+        # Laplace keys are locations and stay)
+        bias[gn, :k], weight[gn, :k] = spec.gate_families[gn].canonical_rows(g.bias[go, sig], g.weight[go, sig])
+        if cov is not None:
+            cov[gn, :k] = np.asarray(g.cov)[go, sig]
     L = spec.tree.n_leaves
     perm = np.array([new_of_old_leaf[l] for l in range(L)])
     ex = ExpertParams(e.intercept[perm], e.coef[perm], None if e.cov is None else e.cov[perm])
     cast = lambda a: None if a is None else jnp.asarray(a, np.asarray(params.experts.coef).dtype)
-    return HMEParams(GateParams(cast(bias), cast(weight)), jax.tree_util.tree_map(cast, ex))
+    return HMEParams(GateParams(cast(bias), cast(weight), cast(cov)), jax.tree_util.tree_map(cast, ex))
+
+
+def n_free_parameters(spec: ModelSpec) -> int:
+    """The number of free parameters of ``spec`` (each family's own count; for BIC/AIC)."""
+    t = spec.tree
+    k_gate = sum(fam.n_parameters(int(nc), spec.n_gate_features)
+                 for fam, nc in zip(spec.gate_families, t.n_children, strict=True))
+    k_exp = t.n_leaves * (spec.n_expert_features + 1) * spec.n_expert_outputs
+    return int(k_gate + k_exp + spec.expert_family.n_noise_parameters(spec))
 
 
 def _parameter_map(spec, params, feature_names=None):
@@ -118,7 +129,6 @@ def _parameter_map(spec, params, feature_names=None):
     gnames = names_x if spec.gate_features is None else [names_x[i] for i in spec.gate_features]
     enames = names_x if spec.expert_features is None else [names_x[i] for i in spec.expert_features]
     t = spec.tree
-    mask = t.child_mask
     leaves = jax.tree_util.tree_leaves(params)
     names, counter = [], [0]
 
@@ -129,19 +139,17 @@ def _parameter_map(spec, params, feature_names=None):
 
     src_gb = -np.ones(params.gates.bias.shape, int)
     src_gw = -np.ones(params.gates.weight.shape, int)
+    free_bias, free_weight = tree_gates.free_masks(spec)
     for gi in range(t.n_gates):
+        what = spec.gate_families[gi].weight_label
         for c in range(t.max_branching):
-            if not mask[gi, c]:
-                continue
-            if c > 0:
+            if free_bias[gi, c]:
                 src_gb[gi, c] = take(f"gate {gi} child {c}: bias")
-            laplace = spec.gate_kinds[gi] == "laplace"
-            if c > 0 or laplace:
+            if free_weight[gi, c]:
                 for j, nm in enumerate(gnames):
-                    what = "key" if laplace else "coef"
                     src_gw[gi, c, j] = take(f"gate {gi} child {c}: {what} {nm}")
     k = spec.n_expert_outputs
-    out = lambda kk: "" if k == 1 else (f" [class {kk + 1}]" if spec.expert == "categorical" else f" [y{kk}]")
+    out = lambda kk: spec.expert_family.output_label(k, kk)
     src_ei = -np.ones(params.experts.intercept.shape, int)
     src_ec = -np.ones(params.experts.coef.shape, int)
     for l in range(t.n_leaves):

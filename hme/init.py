@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from . import batched_linalg
-from . import experts as _experts
 from . import gates as _gates
 from ._linalg import weighted_gram
 from .model import edge_mass
-from .params import GateParams, HMEParams, zeros_params
+from .params import HMEParams, zeros_params
 
 INIT_METHODS = ("kmeans", "kmeans_xy", "random")
 _LLOYD_ITERS = 25
@@ -143,45 +142,30 @@ def initial_responsibilities(spec, method: str, key, design, y, w) -> jax.Array:
 def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="newton", expert_solver="newton"):
     """Fit experts to ``resp`` and gates to smoothed ``resp``: the M-step of EM started from responsibilities."""
     dtype = design.expert.dtype
-    fam = _experts.family(spec)
+    fam = spec.expert_family
     params = zeros_params(spec, dtype)
     leaf_w = resp * w[:, None]
     leaf_gram = weighted_gram(design.expert, leaf_w)
-    ex = params.experts
-    if spec.expert == "gaussian":
-        ex = fam.m_step(spec, ex, design.expert, y, leaf_w, None, leaf_gram, opts)
-    else:
-        # GLM experts: a few warm IRLS steps from zero
-        def step(_, ex):
-            _, aux = fam.log_prob(spec, ex, design.expert, y)
-            if spec.expert == "categorical":
-                return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts, solver=expert_solver)
-            return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts)
 
-        ex = jax.lax.fori_loop(0, _INIT_NEWTON_STEPS, step, ex)
+    def expert_step(_, ex):  # a few warm M-steps from zero (one for closed-form families)
+        _, aux = fam.log_prob(spec, ex, design.expert, y)
+        return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts, solver=expert_solver)
+
+    ex = jax.lax.fori_loop(0, 1 if fam.closed_form else _INIT_NEWTON_STEPS, expert_step, params.experts)
 
     L = spec.tree.n_leaves
     soft = (0.9 * resp + 0.1 / L) * w[:, None]
     edge_w = edge_mass(spec, soft)
     node_w = jnp.sum(edge_w, -1)
-    g = params.gates
+    g = _gates.start(spec, params.gates, design.gate, edge_w)  # location families: children's centroids
     node_gram = None
-    if spec.gate == "gaussian":  # closed form: no Newton steps
-        return HMEParams(_gates.gaussian_m_step(spec, design.gate, edge_w, opts.gate_alpha), ex)
-    if spec.gate == "laplace" or spec.mixed_gates:  # keys start at the centroids of their children's data
-        xg = design.gate[:, 1:] if spec.mixed_gates else design.gate
-        mass = jnp.sum(edge_w, 0)  # (G, B)
-        keys = jnp.einsum("ngb,np->gbp", edge_w, xg) / jnp.maximum(mass, jnp.finfo(dtype).tiny)[..., None]
-        keys = jnp.where(jnp.asarray(spec.tree.child_mask)[..., None], keys, 0.0)
-        if spec.mixed_gates:
-            keys = jnp.where(spec.laplace_gates[:, None, None], keys, g.weight)
-        g = GateParams(g.bias, keys)
-    elif gate_solver == "bound":
+    if gate_solver == "bound" and _gates.uses_node_gram(spec):
         node_gram = weighted_gram(design.gate, node_w)
 
     def gate_step(_, g):
         lp = _gates.gate_log_probs(spec, design.gate, g)
         return _gates.m_step(spec, g, design.gate, lp, edge_w, node_w, opts.gate_alpha, gate_solver, node_gram)
 
-    g = jax.lax.fori_loop(0, _INIT_NEWTON_STEPS, gate_step, g)
+    closed = all(f.closed_form for f in spec.gate_families)
+    g = jax.lax.fori_loop(0, 1 if closed else _INIT_NEWTON_STEPS, gate_step, g)
     return HMEParams(g, ex)

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import code_space
-from . import experts as _experts
 from . import gates as _gates
 from .params import HMEParams
 from .spec import ModelSpec
@@ -95,7 +94,7 @@ def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> J
     with ``a = log π + log P`` and ``m = max_l a``: ``log p = m + log Σ e^{a-m}``, ``h = e^{a-m} / Σ e^{a-m}``."""
     glp = _gates.gate_log_probs(spec, design.gate, params.gates)
     log_path = log_path_from_gates(spec, glp)
-    leaf_ll, aux = _experts.family(spec).log_prob(spec, params.experts, design.expert, y)
+    leaf_ll, aux = spec.expert_family.log_prob(spec, params.experts, design.expert, y)
     a = log_path + leaf_ll
     m = jax.lax.stop_gradient(jnp.max(a, axis=1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -110,12 +109,7 @@ def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> J
 
 def prepare_targets(spec: ModelSpec, y: jax.Array, dtype) -> jax.Array:
     """Targets as the experts take them: (n, C) one-hot (or soft) labels for categorical experts, else (n, m)."""
-    y = jnp.asarray(y)
-    if spec.expert == "categorical":
-        if y.ndim == 1:
-            return jax.nn.one_hot(y.astype(jnp.int32), spec.n_targets, dtype=dtype)
-        return y.astype(dtype)
-    return (y[:, None] if y.ndim == 1 else y).astype(dtype)
+    return spec.expert_family.prepare_targets(jnp.asarray(y), spec.n_targets, dtype)
 
 
 def _bucketed(fn):
@@ -184,7 +178,7 @@ def posteriors(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array, e
 def leaf_means(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
     """Per-leaf predictive means (class probabilities for categorical experts), (n, L, k)."""
     X = jnp.asarray(X)
-    return _experts.family(spec).mean(spec, params.experts, make_design(spec, X, expert_box).expert)
+    return spec.expert_family.mean(spec, params.experts, make_design(spec, X, expert_box).expert)
 
 
 @_bucketed
@@ -194,7 +188,7 @@ def predict_mean(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=No
     X = jnp.asarray(X)
     d = make_design(spec, X, expert_box)
     pi = jnp.exp(log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates)))
-    return jnp.einsum("nl,nlk->nk", pi, _experts.family(spec).mean(spec, params.experts, d.expert))
+    return jnp.einsum("nl,nlk->nk", pi, spec.expert_family.mean(spec, params.experts, d.expert))
 
 
 def predict_log_proba(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_box=None) -> jax.Array:
@@ -202,8 +196,8 @@ def predict_log_proba(spec: ModelSpec, params: HMEParams, X: jax.Array, expert_b
 
     Computed in log space, so a saturated leaf gives a finite log-probability instead of log 0; categorical
     experts only. Rows are normalised in the model's dtype; see :func:`predict_proba` for exact sums."""
-    if spec.expert != "categorical":
-        raise ValueError("predict_log_proba needs categorical experts")
+    if spec.expert_family.task != "classification":
+        raise ValueError(f"predict_log_proba needs classification experts, not {spec.expert!r}")
     return _predict_log_proba(spec, params, X, expert_box=expert_box)
 
 
@@ -213,7 +207,7 @@ def _predict_log_proba(spec, params, X, expert_box=None):
     X = jnp.asarray(X)
     d = make_design(spec, X, expert_box)
     log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, d.gate, params.gates))  # (n, L)
-    log_leaf = _experts.family(spec).log_mean(spec, params.experts, d.expert)  # (n, L, C)
+    log_leaf = spec.expert_family.log_mean(spec, params.experts, d.expert)  # (n, L, C)
     lp = jax.nn.logsumexp(log_pi[..., None] + log_leaf, axis=1)
     return lp - jax.nn.logsumexp(lp, axis=1, keepdims=True)
 

@@ -50,24 +50,12 @@ class HMEParams(NamedTuple):
 
 def zeros_params(spec: ModelSpec, dtype=jnp.float32) -> HMEParams:
     """Parameters of the right shapes: gates uniform, experts zero, unit covariance."""
+    from . import gates as tree_gates
+
     t = spec.tree
-    k = spec.n_expert_outputs
-    p = spec.n_gate_features
-    gate_cov = None
-    if spec.gate == "gaussian":
-        gate_cov = jnp.broadcast_to(jnp.eye(p, dtype=dtype), (t.n_gates, t.max_branching, p, p))
-    gates = GateParams(
-        jnp.zeros((t.n_gates, t.max_branching), dtype),
-        jnp.zeros((t.n_gates, t.max_branching, p), dtype),
-        gate_cov,
-    )
-    cov = None
-    if spec.expert == "gaussian":
-        cov = jnp.broadcast_to(jnp.eye(spec.n_targets, dtype=dtype), (t.n_leaves, spec.n_targets, spec.n_targets))
-    experts = ExpertParams(
-        jnp.zeros((t.n_leaves, k), dtype), jnp.zeros((t.n_leaves, spec.n_expert_features, k), dtype), cov
-    )
-    return HMEParams(gates, experts)
+    experts = spec.expert_family.zeros(t.n_leaves, spec.n_expert_features, spec.n_expert_outputs, spec.n_targets,
+                                       dtype)
+    return HMEParams(tree_gates.zeros(spec, dtype), experts)
 
 
 def check_params(spec: ModelSpec, params: HMEParams) -> None:
@@ -89,16 +77,11 @@ def center_params(spec: ModelSpec, params: HMEParams, x_mean: jax.Array, sign: f
     Centering is an exact reparametrisation: ``w·x + b = w·(x - m) + (b + w·m)`` for softmax gates and
     linear predictors, ``‖W - x‖ = ‖(W - m) - (x - m)‖`` for Laplace keys (and Gaussian-gate means).
     """
+    from . import gates as tree_gates
+
     g, e = params
     mg = x_mean if spec.gate_features is None else x_mean[jnp.asarray(spec.gate_features, int)]
     me = x_mean if spec.expert_features is None else x_mean[jnp.asarray(spec.expert_features, int)]
-    if spec.mixed_gates:
-        lap = spec.laplace_gates[:, None]
-        soft_bias = g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg)
-        g = GateParams(jnp.where(lap, g.bias, soft_bias), jnp.where(lap[..., None], g.weight - sign * mg, g.weight))
-    elif spec.gate == "softmax":
-        g = GateParams(g.bias + sign * jnp.einsum("gcp,p->gc", g.weight, mg), g.weight)
-    else:  # Laplace keys and Gaussian-gate means move with the inputs; covariances do not
-        g = GateParams(g.bias, g.weight - sign * mg, g.cov)
+    g = tree_gates.shift(spec, g, mg, sign)
     e = ExpertParams(e.intercept + sign * jnp.einsum("lpk,p->lk", e.coef, me), e.coef, e.cov)
     return HMEParams(g, e)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import experts as expert_families
 from .spec import ModelSpec
 
 
 def _family(spec: ModelSpec):
-    fam = expert_families.family(spec)
-    if not hasattr(fam, "mixture_quantiles"):
+    fam = spec.expert_family
+    if fam.task != "regression":
         raise ValueError(f"{spec.expert!r} experts have no predictive distribution over y (use class probabilities)")
     return fam
 

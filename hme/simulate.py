@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .gates import log_marginal, models_inputs
 from .model import gate_path_probs, log_likelihood
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
@@ -26,12 +27,12 @@ def _gate_rows(spec: ModelSpec, g: int, rng: np.random.Generator, centre: np.nda
     B = spec.tree.max_branching
     n_children = int(spec.tree.n_children[g])
     bias, weight = np.zeros(B), np.zeros((B, d))
-    if spec.gate == "softmax" or (spec.mixed_gates and not spec.laplace_gates[g]):
+    if not spec.gate_families[g].locations:
         for c in range(1, n_children):  # child 0 is the reference (w = 0, b = 0)
             u = rng.normal(size=d)
             weight[c] = sharpness * u / np.linalg.norm(u)
             bias[c] = -weight[c] @ centre
-    else:  # Laplace: keys at points near the centre, inside the unit cube
+    else:  # locations (Laplace keys): points near the centre, inside the unit cube
         spread = 0.25 / (1 + spec.tree.gate_level[g])
         for c in range(n_children):
             weight[c] = np.clip(centre + rng.uniform(-spread, spread, size=d), 0.05, 0.95)
@@ -47,13 +48,13 @@ def random_truth(spec: ModelSpec, rng: np.random.Generator, *, sharpness: float 
     sees; Laplace gates: keys inside ``[0.05, 0.95]^d`` near that point, biases ~ N(0, 0.1²); Gaussian gate: centres
     ~ U[0.2, 0.8]^d, covariance 0.01·I, equal weights. Experts: intercept ~ N(0, 1), slopes ~ N(0, slope_scale²),
     noise sd ~ U(noise)."""
-    if spec.expert != "gaussian" or spec.n_targets != 1:
+    if not spec.expert_family.has_cov or spec.n_targets != 1:
         raise ValueError("random_truth draws Gaussian experts with one output")
     t = spec.tree
     d = spec.n_features
     G, B, L = t.n_gates, t.max_branching, t.n_leaves
     bias, weight, cov = np.zeros((G, B)), np.zeros((G, B, d)), None
-    if spec.gate == "gaussian":
+    if spec.gate_families[0].models_inputs:
         if G != 1:
             raise ValueError("Gaussian gates are one-gate trees")
         k = int(t.n_children[0])
@@ -79,7 +80,7 @@ def sample(spec: ModelSpec, params: HMEParams, n: int, rng: np.random.Generator)
     """``(X (n, d), y (n,))`` drawn from the HME ``params`` (Gaussian experts, one output)."""
     g, e = params
     d = spec.n_features
-    if spec.gate == "gaussian":
+    if spec.gate_families[0].models_inputs:
         pi = np.exp(g.bias[0])
         z = rng.choice(pi.size, size=n, p=pi / pi.sum())
         chol = np.linalg.cholesky(g.cov[0])
@@ -99,9 +100,8 @@ def total_log_likelihood(spec: ModelSpec, params: HMEParams, X: np.ndarray, y: n
     """``Σ_t log p(y_t | x_t)`` at ``params``; for a Gaussian gate the joint ``Σ_t log p(x_t, y_t)`` (what EM
     maximises there)."""
     ll = float(np.sum(np.asarray(log_likelihood(spec, params, X, y), np.float64)))
-    if spec.gate == "gaussian":
-        from .gates import gaussian_log_marginal
+    if models_inputs(spec):
         from .model import make_design
 
-        ll += float(np.sum(np.asarray(gaussian_log_marginal(spec, make_design(spec, X).gate, params.gates))))
+        ll += float(np.sum(np.asarray(log_marginal(spec, make_design(spec, X).gate, params.gates))))
     return ll

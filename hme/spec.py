@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 from .tree import TreeSpec
 
-GATE_FAMILIES = ("softmax", "laplace", "gaussian")
-EXPERT_FAMILIES = ("gaussian", "categorical", "poisson")
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 
 
@@ -36,14 +34,16 @@ class ModelSpec:
         Number of columns of the input matrix ``X``.
     n_targets : int
         Gaussian/Poisson experts: number of outputs ``m``. Categorical experts: number of classes ``C``.
-    gate : {"softmax", "laplace", "gaussian"}
-        Softmax gate ``g_c(x) ∝ exp(w_c·x + b_c)`` (multinomial logit, child 0 is the reference with
+    gate : str or tuple of str
+        A registered gate family (:mod:`hme.families`; built in: "softmax", "laplace", "gaussian"):
+        softmax gate ``g_c(x) ∝ exp(w_c·x + b_c)`` (multinomial logit, child 0 is the reference with
         ``w_0 = 0, b_0 = 0``), Laplace gate ``g_c(x) ∝ exp(-‖W_c - x‖ + b_c)`` (``b_0 = 0``), or Gaussian
         gate ``g_c(x) ∝ π_c N(x | c_c, Γ_c)`` (Xu, Jordan & Hinton 1995; one-gate trees only: EM then
         maximises the joint likelihood of (x, y), with a closed-form M-step). A tuple with one of
-        "softmax"/"laplace" per level mixes families, e.g. ``("softmax", "laplace")`` (the HMoE paper's SL).
-    expert : {"gaussian", "categorical", "poisson"}
-        Expert family (identity, softmax and log links).
+        per-level family per level mixes families, e.g. ``("softmax", "laplace")`` (the HMoE paper's SL).
+    expert : str
+        A registered expert family (built in: "gaussian", "categorical", "poisson": identity, softmax and log
+        links).
     gate_features, expert_features : tuple of int or None
         Columns of ``X`` fed to the gates / experts; ``None`` means all, ``()`` means none
         (an intercept-only gate is a mixture of regressions with constant weights).
@@ -67,31 +67,33 @@ class ModelSpec:
     laplace_smoothing: float = 1e-6
 
     def __post_init__(self):
+        from .families import expert_family, gate_family, gate_names
+
         if not isinstance(self.tree, TreeSpec):
             raise TypeError(f"tree must be a TreeSpec, got {type(self.tree).__name__}")
         if isinstance(self.gate, (tuple, list)):
             kinds = tuple(self.gate)
-            if len(kinds) != self.tree.depth or any(k not in ("softmax", "laplace") for k in kinds):
+            per_level = gate_names(per_level=True)
+            if len(kinds) != self.tree.depth or any(k not in per_level for k in kinds):
                 raise ValueError(
-                    f"a per-level gate must list 'softmax' or 'laplace' for each of the tree's {self.tree.depth} "
+                    f"a per-level gate must list one of {per_level} for each of the tree's {self.tree.depth} "
                     f"levels, got {kinds!r}"
                 )
             object.__setattr__(self, "gate", kinds[0] if len(set(kinds)) == 1 else kinds)
-        elif self.gate not in GATE_FAMILIES:
-            raise ValueError(f"gate must be one of {GATE_FAMILIES} or a per-level tuple, got {self.gate!r}")
-        if self.expert not in EXPERT_FAMILIES:
-            raise ValueError(f"expert must be one of {EXPERT_FAMILIES}, got {self.expert!r}")
+        else:
+            gate_family(self.gate)
+        expert = expert_family(self.expert)
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if int(self.n_features) < 0:
             raise ValueError("n_features must be >= 0")
-        if self.expert == "categorical" and self.n_targets < 2:
-            raise ValueError("categorical experts need n_targets (the number of classes) >= 2")
+        if self.n_targets < expert.min_targets:
+            raise ValueError(f"{self.expert} experts need n_targets (outputs or classes) >= {expert.min_targets}")
         if self.n_targets < 1:
             raise ValueError("n_targets must be >= 1")
-        if self.gate == "gaussian" and self.tree.n_gates != 1:
+        if not self.mixed_gates and gate_family(self.gate).models_inputs and self.tree.n_gates != 1:
             raise ValueError(
-                "gate='gaussian' models the inputs jointly, p(x, y) = Σ_k π_k N(x | c_k, Γ_k) p(y | x, θ_k), which "
+                f"gate={self.gate!r} models the inputs jointly, p(x, y) = Σ_k π_k p(x | k) p(y | x, θ_k), which "
                 f"defines a single gate: use a one-gate tree (depth=1), got {self.tree.n_gates} gates"
             )
         if not self.laplace_smoothing > 0:
@@ -113,7 +115,7 @@ class ModelSpec:
     @property
     def n_expert_outputs(self) -> int:
         """Columns of the expert coefficient matrices: m, or C - 1 free logits for categorical experts."""
-        return self.n_targets - 1 if self.expert == "categorical" else self.n_targets
+        return self.expert_family.n_outputs(self.n_targets)
 
     @property
     def mixed_gates(self) -> bool:
@@ -128,21 +130,29 @@ class ModelSpec:
         return tuple(self.gate[lv] for lv in self.tree.gate_level)
 
     @property
-    def laplace_gates(self):
-        """(n_gates,) NumPy bool: which gates are Laplace gates (static; used to split mixed-family trees)."""
-        import numpy as np
+    def gate_families(self) -> tuple:
+        """The registered family object of every gate, in level order."""
+        from .families import gate_family
 
-        return np.asarray([k == "laplace" for k in self.gate_kinds], dtype=bool)
+        return tuple(gate_family(k) for k in self.gate_kinds)
+
+    @property
+    def expert_family(self):
+        """The registered expert family object."""
+        from .families import expert_family
+
+        return expert_family(self.expert)
 
     @property
     def gate_design_has_intercept(self) -> bool:
-        """Softmax gates (alone or mixed) read ``[1, X_gate]``; Laplace and Gaussian gates read ``X_gate``."""
-        return self.gate == "softmax" or self.mixed_gates
+        """Whether the gate design is ``[1, X_gate]``: some gate family in the tree reads an intercept."""
+        return any(f.intercept for f in self.gate_families)
 
     @property
     def shares_design(self) -> bool:
-        """Softmax gates that see exactly the expert features reuse the experts' design matrix and Grams."""
-        return self.gate == "softmax" and self.gate_features == self.expert_features
+        """One intercept-reading gate family that sees exactly the expert features reuses the experts' design
+        matrix and Grams."""
+        return not self.mixed_gates and self.gate_design_has_intercept and self.gate_features == self.expert_features
 
     def with_tree(self, tree: TreeSpec) -> ModelSpec:
         return dataclasses.replace(self, tree=tree)

@@ -63,16 +63,16 @@ y = np.asarray(hme.leaf_means(spec, truth, X))[np.arange(n), leaf, 0] + 0.3 * rn
 # %%
 p0 = jax.device_get(hme.fit_em(spec, X, y, n_init=1, random_state=1, max_iter=1).params)
 fits = {
-    "EM": hme.fit_em(spec, X, y, init_params=p0, max_iter=2000, tol=1e-8),
-    "L-BFGS": hme.fit_gradient(spec, X, y, init_params=p0, max_iter=2000, tol=1e-8),
+    "EM": hme.fit_em(spec, X, y, start_params=p0, max_iter=2000, tol=1e-8),
+    "L-BFGS": hme.fit_gradient(spec, X, y, start_params=p0, max_iter=2000, tol=1e-8),
     "Adam (lr 0.01)": hme.fit_gradient(
-        spec, X, y, init_params=p0, optimizer="adam", learning_rate=0.01, max_iter=3000, tol=1e-8
+        spec, X, y, start_params=p0, optimizer="adam", learning_rate=0.01, max_iter=3000, tol=1e-8
     ),
     "Adam, minibatch 128": hme.fit_gradient(
         spec,
         X,
         y,
-        init_params=p0,
+        start_params=p0,
         optimizer="adam",
         learning_rate=0.01,
         batch_size=128,

@@ -98,7 +98,7 @@ def test_fit_programs_call_no_lapack(kw, rng):
     p = prepare_fit(spec, X, y, None, "kmeans", None, 2, 0, 5, 1e-6, 1e-6, 1e-4, None)
     for solver in ("newton", "bound"):  # tracing and lowering only: nothing is compiled
         cfg = FitConfig(max_iter=5, n_init=2, init="kmeans", gate_solver=solver, expert_solver=solver)
-        text = _fit.lower(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.init_params).as_text()
+        text = _fit.lower(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params).as_text()
         bad = [c for c in _custom_calls(text) if _FORBIDDEN.search(c)]
         assert not bad, f"LAPACK custom calls in the EM program: {bad}"
     params = random_params(spec, rng)
@@ -139,7 +139,7 @@ def test_leading_eigenvector_and_covariance_floor_match_numpy(rng):
     ref = np.linalg.eigh(A)[1][:, -1]
     assert abs(abs(v @ ref) - 1.0) < 1e-8
     # the Gaussian experts' covariance floor: V max(Λ, 1) Vᵀ through |C - I|
-    from hme.experts.gaussian import _floor_cov
+    from hme.families.gaussian import _floor_cov
 
     C = np.array([[2.0, 0.9], [0.9, 0.6]])
     lam, V = np.linalg.eigh(C)

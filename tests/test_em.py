@@ -122,7 +122,7 @@ def test_co2data_reaches_mixtools_solution():
         spec,
         d[["GNP"]].to_numpy(),
         d["CO2"].to_numpy(),
-        init_params=start,
+        start_params=start,
         tol=1e-12,
         max_iter=5000,
         alpha=0.0,
@@ -181,9 +181,9 @@ def test_warm_start_continues_the_same_path(rng):
     spec = hme.make_spec(2, depth=2)
     X, y, _ = _simulate(spec, random_params(spec, rng, gate_scale=2.0), 300, rng)
     start = hme.fit_em(spec, X, y, max_iter=1, tol=0.0).params
-    twenty = hme.fit_em(spec, X, y, init_params=start, max_iter=20, tol=0.0)
-    ten = hme.fit_em(spec, X, y, init_params=start, max_iter=10, tol=0.0)
-    more = hme.fit_em(spec, X, y, init_params=ten.params, max_iter=10, tol=0.0)
+    twenty = hme.fit_em(spec, X, y, start_params=start, max_iter=20, tol=0.0)
+    ten = hme.fit_em(spec, X, y, start_params=start, max_iter=10, tol=0.0)
+    more = hme.fit_em(spec, X, y, start_params=ten.params, max_iter=10, tol=0.0)
     np.testing.assert_allclose(float(more.objective), float(twenty.objective), rtol=1e-10)
     for u, v in zip(jax.tree_util.tree_leaves(more.params), jax.tree_util.tree_leaves(twenty.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-8)
@@ -195,8 +195,8 @@ def test_integer_weights_equal_duplicated_rows(rng):
     X, y, _ = _simulate(spec, random_params(spec, rng, gate_scale=2.0), 200, rng)
     w = rng.integers(0, 3, size=200)
     start = random_params(spec, rng)
-    a = hme.fit_em(spec, X, y, sample_weight=w, init_params=start, max_iter=25, tol=0.0)
-    b = hme.fit_em(spec, np.repeat(X, w, axis=0), np.repeat(y, w), init_params=start, max_iter=25, tol=0.0)
+    a = hme.fit_em(spec, X, y, sample_weight=w, start_params=start, max_iter=25, tol=0.0)
+    b = hme.fit_em(spec, np.repeat(X, w, axis=0), np.repeat(y, w), start_params=start, max_iter=25, tol=0.0)
     np.testing.assert_allclose(float(a.log_likelihood), float(b.log_likelihood), rtol=1e-9)
     for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-9)
@@ -233,7 +233,7 @@ def test_float32_dtype_follows_input(dtype, rng):
         (dict(X=np.ones((10, 3))), "shape"),
         (dict(sample_weight=-np.ones(10)), "non-negative"),
         (dict(max_iter=0), "max_iter"),
-        (dict(init="nope"), "init"),
+        (dict(init_params="nope"), "init_params"),
         (dict(n_init=0), "n_init"),
     ],
 )

@@ -328,7 +328,7 @@ def test_degenerate_fits_are_reported(rng):
 
     # a gate bias of -60 shuts leaf 0: after one EM step its posterior count is far below one sample
     shut = truth._replace(gates=truth.gates._replace(bias=jnp.asarray([[-60.0, 0.0]]), weight=jnp.zeros((1, 2, 2))))
-    res = hme.fit_em(spec, X, y, init_params=shut, max_iter=1)
+    res = hme.fit_em(spec, X, y, start_params=shut, max_iter=1)
     counts = np.asarray(res.restart_leaf_count)[0]
     assert counts[0] < 1.0 and counts[1] == pytest.approx(300.0, rel=1e-9)
 

@@ -15,7 +15,8 @@ def _one_em_step_start(spec, X, y, seed=1):
     other starts the two methods can end in different local optima: from a random-rows start on the Laplace problem
     below, L-BFGS stopped 2.7 below EM; from one k-means start (``n_candidates=1``) EM stopped at a saddle with the
     Laplace keys on their box's faces, 4.2 below L-BFGS, and on the depth-2 problem L-BFGS stopped 2.9 below EM.)"""
-    return jax.device_get(hme.fit_em(spec, X, y, init="kmeans_xy", n_init=1, random_state=seed, max_iter=1).params)
+    res = hme.fit_em(spec, X, y, init_params="kmeans_xy", n_init=1, random_state=seed, max_iter=1)
+    return jax.device_get(res.params)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -25,9 +26,9 @@ def test_gradient_reaches_ems_log_likelihood_from_the_same_start(gate, optimizer
     X, y = truth.sample(2000, np.random.default_rng(0))
     spec = hme.make_spec(1, depth=1, gate=gate)
     p0 = _one_em_step_start(spec, X, y)
-    em = hme.fit_em(spec, X, y, init_params=p0, max_iter=2000, tol=1e-12)
+    em = hme.fit_em(spec, X, y, start_params=p0, max_iter=2000, tol=1e-12)
     kw = {"learning_rate": 0.05} if optimizer == "adam" else {}
-    gr = hme.fit_gradient(spec, X, y, init_params=p0, optimizer=optimizer, max_iter=5000, **kw)
+    gr = hme.fit_gradient(spec, X, y, start_params=p0, optimizer=optimizer, max_iter=5000, **kw)
     assert bool(gr.converged)
     assert float(gr.log_likelihood) == pytest.approx(float(em.log_likelihood), rel=1e-3)
 
@@ -41,8 +42,8 @@ def test_depth_two_hme_gradient_matches_em(rng):
     mu = np.asarray(hme.leaf_means(spec, truth, X))[np.arange(1500), leaf, 0]
     y = mu + np.sqrt(np.asarray(truth.experts.cov)[leaf, 0, 0]) * rng.normal(size=1500)
     p0 = _one_em_step_start(spec, X, y)
-    em = hme.fit_em(spec, X, y, init_params=p0, max_iter=3000, tol=1e-12)
-    gr = hme.fit_gradient(spec, X, y, init_params=p0, max_iter=5000, tol=1e-12)
+    em = hme.fit_em(spec, X, y, start_params=p0, max_iter=3000, tol=1e-12)
+    gr = hme.fit_gradient(spec, X, y, start_params=p0, max_iter=5000, tol=1e-12)
     assert float(gr.objective) >= float(em.objective) - 1e-3 * abs(float(em.objective))
 
 
@@ -63,8 +64,8 @@ def test_every_family_improves_its_start_and_approaches_em(kwargs, rng):
     X = rng.uniform(-2, 2, size=(800, 2))
     y = random_targets(spec, rng, 800, X)
     p0 = _one_em_step_start(spec, X, y)
-    em = hme.fit_em(spec, X, y, init_params=p0, max_iter=500, tol=1e-10)
-    gr = hme.fit_gradient(spec, X, y, init_params=p0, max_iter=3000, tol=1e-12)
+    em = hme.fit_em(spec, X, y, start_params=p0, max_iter=500, tol=1e-10)
+    gr = hme.fit_gradient(spec, X, y, start_params=p0, max_iter=3000, tol=1e-12)
     assert float(gr.objective) > float(em.history[0])  # EM's history starts with the objective at p0
     # a different algorithm may stop at a different local optimum, but not a much worse one
     assert float(gr.objective) >= float(em.objective) - 0.02 * abs(float(em.objective))
@@ -75,8 +76,8 @@ def test_gaussian_gate_gradient_matches_joint_em():
     X, y = truth.sample(3000, np.random.default_rng(2))
     spec = hme.make_spec(1, depth=1, branching=3, gate="gaussian")
     p0 = _one_em_step_start(spec, X, y)
-    em = hme.fit_em(spec, X, y, init_params=p0, max_iter=3000, tol=1e-12, gate_alpha=1e-8)
-    gr = hme.fit_gradient(spec, X, y, init_params=p0, max_iter=5000, tol=1e-12, gate_alpha=1e-8)
+    em = hme.fit_em(spec, X, y, start_params=p0, max_iter=3000, tol=1e-12, gate_alpha=1e-8)
+    gr = hme.fit_gradient(spec, X, y, start_params=p0, max_iter=5000, tol=1e-12, gate_alpha=1e-8)
     assert float(gr.objective) == pytest.approx(float(em.objective), rel=1e-3)
 
 
@@ -102,10 +103,10 @@ def test_minibatch_adam_improves_and_is_reproducible(rng):
     X = rng.uniform(-2, 2, size=(1000, 2))
     y = random_targets(spec, rng, 1000, X)
     p0 = _one_em_step_start(spec, X, y)
-    start = hme.fit_em(spec, X, y, init_params=p0, max_iter=1, tol=0.0)
-    a = hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam", batch_size=100, learning_rate=0.01,
+    start = hme.fit_em(spec, X, y, start_params=p0, max_iter=1, tol=0.0)
+    a = hme.fit_gradient(spec, X, y, start_params=p0, optimizer="adam", batch_size=100, learning_rate=0.01,
                          max_iter=20, tol=0.0, random_state=5)
-    b = hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam", batch_size=100, learning_rate=0.01,
+    b = hme.fit_gradient(spec, X, y, start_params=p0, optimizer="adam", batch_size=100, learning_rate=0.01,
                          max_iter=20, tol=0.0, random_state=5)
     assert int(a.n_iter) == 20 and float(a.objective) > float(start.history[0])
     np.testing.assert_array_equal(np.asarray(a.params.experts.coef), np.asarray(b.params.experts.coef))

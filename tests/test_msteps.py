@@ -18,7 +18,7 @@ import hme
 import hme._logit
 from hme import em, gates
 from hme._logit import masked_log_softmax, newton_cg, newton_curvature, unit_logits, unit_objective
-from hme.experts import categorical, gaussian, poisson
+from hme.families import categorical, gaussian, poisson
 from hme.model import edge_mass, make_design
 
 X64 = jax.config.jax_enable_x64

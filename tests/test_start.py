@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import hme
-from hme import em, gates
+from hme import em
+from hme.families import laplace as gates
 from hme.init import content_order, weighted_draw
 from hme.simulate import random_truth, sample, total_log_likelihood
 

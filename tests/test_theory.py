@@ -142,7 +142,7 @@ def test_gaussian_gate_probabilities_match_scipy(rng):
 
 
 def test_gaussian_gate_m_step_is_the_weighted_gaussian_fit(rng):
-    from hme.gates import gaussian_m_step
+    from hme.families.gaussian_gate import gaussian_m_step
 
     spec = hme.make_spec(2, depth=1, branching=3, gate="gaussian")
     X = rng.normal(size=(200, 2))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..em import FitConfig, FitData, FitOptions, run_em
+from ..families import gate_family
 from ..model import make_design
 from ..params import ExpertParams, GateParams, HMEParams
 from ..spec import ModelSpec
@@ -52,11 +53,10 @@ def flat_start(truth: T.FlatTruth, k_fit: int, n: int, rng, labels=None) -> HMEP
     bias = g.bias[0, lab] - np.log(copies) + _noise(n, rng, (k_fit,), 0.005)
     weight = g.weight[0, lab] + _noise(n, rng, (k_fit, truth.d), 0.005)
     gate_cov = None
-    if truth.gate == "softmax":  # re-express relative to child 0 (translation invariance)
-        bias, weight = bias - bias[0], weight - weight[0]
-    elif truth.gate == "laplace":
-        bias = bias - bias[0]
-    else:  # gaussian: π normalised, covariances slightly inflated
+    fam = gate_family(truth.gate)
+    if not fam.models_inputs:  # the family's reference conventions (translation invariance) relative to child 0
+        bias, weight = fam.canonical_rows(bias, weight)
+    else:  # a mixture on the inputs: π normalised, covariances slightly inflated
         bias = bias - np.log(np.sum(np.exp(bias)))
         gate_cov = g.cov[0, lab] + np.abs(_noise(n, rng, (k_fit,), 0.005))[:, None, None] * np.eye(truth.d)
     intercept = e.intercept[lab] + _noise(n, rng, (k_fit, 1), 0.05)
@@ -89,10 +89,7 @@ def two_level_start(truth: T.TwoLevelTruth, k_inner: tuple, n: int, rng) -> HMEP
         intercepts.append(s.experts.intercept)
         coefs.append(s.experts.coef)
         vars_.append(s.experts.cov)
-    if truth.outer == "softmax":
-        bias[0], weight[0] = bias[0] - bias[0, 0], weight[0] - weight[0, 0]
-    else:
-        bias[0] = bias[0] - bias[0, 0]
+    bias[0], weight[0] = gate_family(truth.outer).canonical_rows(bias[0], weight[0])
     ex = ExpertParams(np.concatenate(intercepts), np.concatenate(coefs), np.concatenate(vars_))
     return HMEParams(GateParams(bias, weight), ex)
 
@@ -255,10 +252,9 @@ def theory_slope(truth, setting, quantity: str) -> float | None:
         m = 3 if setting.k_fit[0] == 4 else 2
         fam = truth.inner
         e = exponents(fam, m)
-        if truth.outer == "softmax" and truth.inner == "laplace" and name == "slope":
-            e = exponents(
-                "softmax", m
-            )  # SL: no gain claimed for the expert slope (docs/theory.md §4.4, low confidence)
+        slopes_above_locations = not gate_family(truth.outer).locations and gate_family(truth.inner).locations
+        if slopes_above_locations and name == "slope":  # SL: no gain claimed for the expert slope
+            e = exponents(truth.outer, m)  # (docs/theory.md §4.4, low confidence)
     else:
         m = setting.k_fit - truth.k + 1  # one over-specified cell holding all extra atoms, at most
         m = min(m, 3)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ..families import gate_family
 from ..params import ExpertParams, GateParams, HMEParams
+from ..spec import make_spec
 from ..tree import TreeSpec
 from .voronoi import Atoms, TwoLevelAtoms
 
@@ -68,12 +72,12 @@ def _draw_leaf(prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def gate_probs(gate: str, g: GateParams, X: np.ndarray, index: int = 0) -> np.ndarray:
     """Probabilities of the children of gate ``index`` at X, (n, B), in NumPy."""
-    if gate == "softmax":
-        logits = g.bias[index][None] + X @ g.weight[index].T
-    elif gate == "laplace":
-        logits = g.bias[index][None] - np.linalg.norm(X[:, None, :] - g.weight[index][None], axis=-1)
-    else:
-        raise ValueError(gate)
+    fam = gate_family(gate)
+    spec = make_spec(X.shape[1], depth=1, branching=g.bias.shape[1], gate=gate)
+    design = np.column_stack([np.ones(X.shape[0]), X]) if fam.intercept else X
+    one = GateParams(g.bias[index][None], g.weight[index][None], None if g.cov is None else g.cov[index][None])
+    with jax.enable_x64(True):  # the family's own logits, in float64 whatever the session's default
+        logits = np.asarray(fam.logits(spec, jnp.asarray(design, jnp.float64), one), np.float64)[:, 0]
     logits = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return p / p.sum(axis=1, keepdims=True)
@@ -84,7 +88,7 @@ def flat_atoms(gate: str, params: HMEParams, index: int = 0, leaves=None) -> Ato
     g, e = params
     leaves = np.arange(e.intercept.shape[0]) if leaves is None else np.asarray(leaves)
     k = len(leaves)
-    cov = None if gate != "gaussian" else np.asarray(g.cov)[index, :k]
+    cov = None if g.cov is None else np.asarray(g.cov)[index, :k]
     return Atoms(
         np.exp(np.asarray(g.bias)[index, :k]),
         np.asarray(g.weight)[index, :k],
@@ -201,11 +205,11 @@ def hmoe(kind: str) -> TwoLevelTruth:
     if kind not in ("SS", "SL", "LL", "LS"):
         raise ValueError("kind must be SS, SL, LL or LS")
     outer, inner = families[kind[0]], families[kind[1]]
-    if outer == "softmax":
+    if not gate_family(outer).locations:  # slopes
         ob, ow = [0.0, -5.0], [[0.0], [10.0]]  # P(group 1 | x) = σ(10x - 5)
     else:
         ob, ow = [0.0, 0.0], [[0.2], [0.8]]
-    if inner == "softmax":  # switch points 0.24 (group 0) and 0.76 (group 1)
+    if not gate_family(inner).locations:  # slopes; switch points 0.24 (group 0) and 0.76 (group 1)
         ib, iw = [[0.0, -6.0], [0.0, -19.0]], [[[0.0], [25.0]], [[0.0], [25.0]]]
     else:
         ib, iw = [[0.0, 0.0], [0.0, 0.0]], [[[0.1], [0.45]], [[0.55], [0.9]]]

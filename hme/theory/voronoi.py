@@ -25,29 +25,27 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from ..families import gate_family
+
 RBAR = {1: 1, 2: 4, 3: 6}  # solvability numbers r̄(m) (Ho & Nguyen 2016); unknown for m >= 4
 
-PARAMS = {
-    "softmax": ("gate", "slope", "bias", "var"),
-    "laplace": ("gate", "slope", "bias", "var"),
-    "gaussian": ("gate_mean", "gate_cov", "slope", "bias", "var"),
-}
-
-
 def exponents(gate: str, m: int) -> dict[str, float]:
-    """Exponent of each parameter's discrepancy in a Voronoi cell holding ``m`` fitted atoms."""
+    """Exponent of each parameter's discrepancy in a Voronoi cell holding ``m`` fitted atoms (the gate family's
+    published rates, :meth:`hme.families.GateFamily.voronoi_exponents`)."""
+    fam = _covered(gate)
     if m == 1:
-        return {p: 1.0 for p in PARAMS[gate]}
+        return {p: 1.0 for p in fam.voronoi_parameters}
     if m not in RBAR:
         raise ValueError(f"r̄({m}) is unknown (only cells of 1-3 atoms are covered by the theory)")
-    r = float(RBAR[m])
-    if gate == "softmax":
-        return {"gate": r, "slope": r / 2, "bias": r, "var": r / 2}
-    if gate == "laplace":
-        return {"gate": 2.0, "slope": 2.0, "bias": r, "var": r / 2}
-    if gate == "gaussian":
-        return {"gate_mean": r, "gate_cov": r / 2, "slope": 2.0, "bias": r, "var": r / 2}
-    raise ValueError(f"unknown gate {gate!r}")
+    return fam.voronoi_exponents(float(RBAR[m]))
+
+
+def _covered(gate: str):
+    """The gate family, when the theory covers it (it has Voronoi exponents)."""
+    fam = gate_family(gate)
+    if not fam.voronoi_parameters:
+        raise ValueError(f"the Voronoi theory does not cover {gate!r} gates")
+    return fam
 
 
 @dataclass
@@ -162,14 +160,14 @@ def voronoi_loss(fit: Atoms, truth: Atoms, gate: str, translate: bool = True) ->
     The shift search starts from every alignment of a fitted atom's gate with a true atom's (and from no shift),
     then polishes the best starts with Nelder-Mead; the loss at the returned shift is recomputed exactly.
     """
-    if gate not in PARAMS:
-        raise ValueError(f"gate must be one of {tuple(PARAMS)}, got {gate!r}")
-    if not translate or gate == "gaussian":
+    fam = _covered(gate)
+    # the gate is invariant under a common shift of the biases (a reference bias) and, for slopes, of the weights
+    if not translate or not fam.reference_bias:
         return _loss_fixed(fit, truth, gate)
-    dim = 1 + (fit.gate.shape[1] if gate == "softmax" else 0)
+    dim = 1 + (fit.gate.shape[1] if fam.reference_weight else 0)
 
     def unpack(t):
-        return (t[0], t[1:]) if gate == "softmax" else (t[0], None)
+        return (t[0], t[1:]) if fam.reference_weight else (t[0], None)
 
     def objective(t):
         loss = _loss_fixed(fit.shifted(*unpack(t)), truth, gate).loss
@@ -179,7 +177,7 @@ def voronoi_loss(fit: Atoms, truth: Atoms, gate: str, translate: bool = True) ->
     for i in range(fit.k):
         for j in range(truth.k):
             t0 = np.log(truth.weight[j]) - np.log(fit.weight[i])
-            t = [t0] + (list(truth.gate[j] - fit.gate[i]) if gate == "softmax" else [])
+            t = [t0] + (list(truth.gate[j] - fit.gate[i]) if fam.reference_weight else [])
             starts.append(np.asarray(t))
     starts += [np.r_[t0, np.zeros(dim - 1)] for t0 in np.linspace(-2.0, 1.0, 7)]
     values = np.array([objective(t) for t in starts])

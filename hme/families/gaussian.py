@@ -23,7 +23,9 @@ from scipy.special import ndtr
 from .. import batched_linalg
 from .._linalg import solve_psd
 from ..params import ExpertParams
-from ._linear import linear_predictor, ridge_columns, slope_deviation
+from . import register_expert
+from .base import ExpertFamily
+from .linear import linear_predictor, ridge_columns, slope_deviation
 
 
 def _chol_inverse(cov):
@@ -80,7 +82,7 @@ def _floor_cov(cov, var_floor, kind):
     return c * (s[:, None] * s[None, :])
 
 
-def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
+def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
     n, q = design.shape
     L = leaf_w.shape[1]
     m = y.shape[1]
@@ -139,3 +141,90 @@ def sample(cov, means, leaf, rng):
     """Draws ``N(means, Σ_leaf)``: ``means`` (n, S, m), ``leaf`` (n, S) leaf indices -> (n, S, m)."""
     chol = np.linalg.cholesky(np.asarray(cov, np.float64))[leaf]  # (n, S, m, m)
     return means + np.einsum("nsij,nsj->nsi", chol, rng.normal(size=means.shape))
+
+
+class GaussianExpert(ExpertFamily):
+    name = "gaussian"
+    has_cov = True
+    closed_form = True
+    uses_gram = True
+
+    def log_prob(self, spec, experts, design, y):
+        return log_prob(spec, experts, design, y)
+
+    def mean(self, spec, experts, design):
+        return mean(spec, experts, design)
+
+    def penalty(self, spec, experts, alpha, target=None):
+        return penalty(spec, experts, alpha, target)
+
+    def m_step(self, spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
+        return m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts)
+
+    def leaf_variance(self, cov, mu):
+        return leaf_variance(cov, mu)
+
+    def mixture_quantiles(self, cov, pi, mu, q):
+        return mixture_quantiles(cov, pi, mu, q)
+
+    def sample(self, cov, means, leaf, rng):
+        return sample(cov, means, leaf, rng)
+
+    def pooled_fit(self, D, y, w, pen, n_targets):
+        """Weighted ridge least squares, ``(Dᵀ W D + diag pen)⁻¹ Dᵀ W Y`` (NumPy float64)."""
+        n = D.shape[0]
+        Y = np.asarray(y, np.float64).reshape(n, -1)
+        G = D.T @ (w[:, None] * D) + np.diag(pen)
+        return np.linalg.lstsq(G, D.T @ (w[:, None] * Y), rcond=None)[0]
+
+    def n_noise_parameters(self, spec):
+        m = spec.n_targets
+        per = {"full": m * (m + 1) // 2, "diag": m, "spherical": 1}[spec.covariance_type]
+        return per * (1 if spec.shared_covariance else spec.tree.n_leaves)
+
+    def extra_unconstrained(self, spec, experts, var_floor):
+        """``Σ - diag(floor)`` as a log-Cholesky factor (full), log excess variances (diag) or one log excess
+        variance (spherical); one copy when the covariance is shared."""
+        cov = experts.cov[:1] if spec.shared_covariance else experts.cov
+        tiny = 1e-3 * jnp.max(var_floor)
+        if spec.covariance_type == "full":
+            return {"cov": batched_linalg.log_cholesky(cov, var_floor)}
+        if spec.covariance_type == "diag":
+            return {"cov": jnp.log(jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1) - var_floor, tiny))}
+        v = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), -1, keepdims=True)
+        return {"cov": jnp.log(jnp.maximum(v - jnp.max(var_floor), tiny))}
+
+    def constrained_cov(self, spec, u, var_floor):
+        m = spec.n_targets
+        eye = jnp.eye(m, dtype=var_floor.dtype)
+        if spec.covariance_type == "full":
+            cov = batched_linalg.from_log_cholesky(u["cov"], var_floor)
+        elif spec.covariance_type == "diag":
+            cov = (var_floor + jnp.exp(u["cov"]))[..., None] * eye
+        else:
+            cov = (jnp.max(var_floor) + jnp.exp(u["cov"]))[..., None] * eye
+        return jnp.broadcast_to(cov, (spec.tree.n_leaves, m, m))
+
+    def bayes_noise(self, spec, scale, priors):
+        import numpyro
+        import numpyro.distributions as dist
+
+        if spec.n_targets != 1:
+            raise ValueError("Bayesian Gaussian experts have one output")
+        L = spec.tree.n_leaves
+        sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
+        return (sigma**2)[:, None, None]
+
+    def bayes_likelihood(self, spec, log_pi, eta, cov):
+        import numpyro.distributions as dist
+
+        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Normal(eta[..., 0], jnp.sqrt(cov[:, 0, 0])))
+
+    def noise_sites(self, experts):
+        return {"sigma": jnp.sqrt(jnp.asarray(experts.cov)[:, 0, 0])}
+
+    def cov_from_sites(self, sample):
+        return (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]
+
+
+GAUSSIAN = register_expert(GaussianExpert())

@@ -1,6 +1,7 @@
-"""Linear predictors of all leaves at once."""
+"""Linear predictors of all leaves at once, the experts' ridge, and a NumPy Newton maximiser for pooled fits."""
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def theta(experts):
@@ -26,3 +27,29 @@ def ridge_columns(alpha, q, dtype):
 def slope_deviation(coef, target):
     """``coef - target``: (L, p, k) slopes minus the ridge's centre (p, k); the slopes themselves for no target."""
     return coef if target is None else coef - jnp.asarray(target, coef.dtype)[None]
+
+
+#: Newton steps at most in :func:`newton_maximise`
+MAX_NEWTON = 100
+
+
+def newton_maximise(f, grad_hess, theta):
+    """Maximise a concave f by Newton steps with halving; theta is a flat vector."""
+    val = f(theta)
+    for _ in range(MAX_NEWTON):
+        g, H = grad_hess(theta)
+        step = np.linalg.solve(H, g)  # H: negative Hessian, positive definite
+        t = 1.0
+        while t > 1e-10:
+            cand = theta + t * step
+            new = f(cand)
+            if new >= val - 1e-12 * abs(val):
+                break
+            t *= 0.5
+        if t <= 1e-10:
+            break
+        gain = new - val
+        theta, val = cand, new
+        if gain <= 1e-12 * max(1.0, abs(val)):
+            break
+    return theta

@@ -9,11 +9,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import gammaln
 from scipy.stats import poisson as poisson_dist
 
 from .._linalg import newton_ascent, solve_psd, weighted_gram
 from ..params import ExpertParams
-from ._linear import linear_predictor, ridge_columns, slope_deviation, theta
+from . import register_expert
+from .base import ExpertFamily
+from .linear import linear_predictor, newton_maximise, ridge_columns, theta
 
 
 def log_prob(spec, experts, design, y):
@@ -26,12 +29,7 @@ def mean(spec, experts, design):
     return jnp.exp(linear_predictor(experts, design))
 
 
-def penalty(spec, experts, alpha, target=None):
-    dev = slope_deviation(experts.coef, target)  # (L, p, m)
-    return 0.5 * jnp.einsum("lpm,p->", dev**2, ridge_columns(alpha, dev.shape[1] + 1, dev.dtype)[1:])
-
-
-def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts):
+def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
     n, q = design.shape
     L = leaf_w.shape[1]
     m = y.shape[1]
@@ -91,3 +89,54 @@ def mixture_quantiles(cov, pi, mu, q):
 def sample(cov, means, leaf, rng):
     """Draws ``Poisson(means)``: ``means`` (n, S, m) -> (n, S, m) float64 counts."""
     return rng.poisson(means).astype(np.float64)
+
+
+class PoissonExpert(ExpertFamily):
+    name = "poisson"
+
+    def check_targets(self, y):
+        if np.any(np.asarray(y) < 0):
+            raise ValueError("Poisson experts need non-negative counts y")
+
+    def log_prob(self, spec, experts, design, y):
+        return log_prob(spec, experts, design, y)
+
+    def mean(self, spec, experts, design):
+        return mean(spec, experts, design)
+
+    def m_step(self, spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
+        return m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts)
+
+    def pooled_fit(self, D, y, w, pen, n_targets):
+        """Per output, Newton's method with halving on the penalised weighted Poisson log-likelihood."""
+        n = D.shape[0]
+        Y = np.asarray(y, np.float64).reshape(n, -1)
+        k = Y.shape[1]
+        out = np.zeros((D.shape[1], k))
+        for j in range(k):
+            yj = Y[:, j]
+
+            def f(th, yj=yj):
+                eta = D @ th
+                return np.sum(w * (yj * eta - np.exp(eta) - gammaln(yj + 1))) - 0.5 * np.sum(pen * th**2)
+
+            def gh(th, yj=yj):
+                mu = np.exp(D @ th)
+                return D.T @ (w * (yj - mu)) - pen * th, D.T @ ((w * mu)[:, None] * D) + np.diag(pen)
+
+            th0 = np.zeros(D.shape[1])
+            th0[0] = np.log(max(w @ yj / w.sum(), 1e-12))
+            out[:, j] = newton_maximise(f, gh, th0)
+        return out
+
+    def leaf_variance(self, cov, mu):
+        return leaf_variance(cov, mu)
+
+    def mixture_quantiles(self, cov, pi, mu, q):
+        return mixture_quantiles(cov, pi, mu, q)
+
+    def sample(self, cov, means, leaf, rng):
+        return sample(cov, means, leaf, rng)
+
+
+POISSON = register_expert(PoissonExpert())
