@@ -30,11 +30,11 @@ import hme  # noqa: E402
 from hme.datasets import load_kin8nm  # noqa: E402
 
 METHODS = {
-    "EM": lambda spec, X, y, p0: hme.fit_em(spec, X, y, init_params=p0, max_iter=3000, tol=1e-8),
-    "L-BFGS": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, init_params=p0, max_iter=3000, tol=1e-8),
-    "Adam": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam", learning_rate=0.01,
+    "EM": lambda spec, X, y, p0: hme.fit_em(spec, X, y, start_params=p0, max_iter=3000, tol=1e-8),
+    "L-BFGS": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, start_params=p0, max_iter=3000, tol=1e-8),
+    "Adam": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, start_params=p0, optimizer="adam", learning_rate=0.01,
                                                     max_iter=5000, tol=1e-8),
-    "Adam minibatch 256": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, init_params=p0, optimizer="adam",
+    "Adam minibatch 256": lambda spec, X, y, p0: hme.fit_gradient(spec, X, y, start_params=p0, optimizer="adam",
                                                                   learning_rate=0.01, batch_size=256, max_iter=300,
                                                                   tol=1e-6),
 }
