@@ -39,8 +39,8 @@ class ModelSpec:
         softmax gate ``g_c(x) ∝ exp(w_c·x + b_c)`` (multinomial logit, child 0 is the reference with
         ``w_0 = 0, b_0 = 0``), Laplace gate ``g_c(x) ∝ exp(-‖W_c - x‖ + b_c)`` (``b_0 = 0``), or Gaussian
         gate ``g_c(x) ∝ π_c N(x | c_c, Γ_c)`` (Xu, Jordan & Hinton 1995; one-gate trees only: EM then
-        maximises the joint likelihood of (x, y), with a closed-form M-step). A tuple with one of
-        per-level family per level mixes families, e.g. ``("softmax", "laplace")`` (the HMoE paper's SL).
+        maximises the joint likelihood of (x, y), with a closed-form M-step). A tuple with one per-level
+        family for each level mixes families, e.g. ``("softmax", "laplace")`` (the HMoE paper's SL).
     expert : str
         A registered expert family (built in: "gaussian", "categorical", "poisson": identity, softmax and log
         links).
