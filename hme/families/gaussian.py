@@ -161,14 +161,10 @@ class GaussianExpert(ExpertFamily):
     def m_step(self, spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
         return m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts)
 
-    def leaf_variance(self, cov, mu):
-        return leaf_variance(cov, mu)
-
-    def mixture_quantiles(self, cov, pi, mu, q):
-        return mixture_quantiles(cov, pi, mu, q)
-
-    def sample(self, cov, means, leaf, rng):
-        return sample(cov, means, leaf, rng)
+    # the predictive distribution: the module's NumPy functions above
+    leaf_variance = staticmethod(leaf_variance)
+    mixture_quantiles = staticmethod(mixture_quantiles)
+    sample = staticmethod(sample)
 
     def pooled_fit(self, D, y, w, pen, n_targets):
         """Weighted ridge least squares, ``(Dᵀ W D + diag pen)⁻¹ Dᵀ W Y`` (NumPy float64)."""

@@ -129,14 +129,10 @@ class PoissonExpert(ExpertFamily):
             out[:, j] = newton_maximise(f, gh, th0)
         return out
 
-    def leaf_variance(self, cov, mu):
-        return leaf_variance(cov, mu)
-
-    def mixture_quantiles(self, cov, pi, mu, q):
-        return mixture_quantiles(cov, pi, mu, q)
-
-    def sample(self, cov, means, leaf, rng):
-        return sample(cov, means, leaf, rng)
+    # the predictive distribution: the module's NumPy functions above
+    leaf_variance = staticmethod(leaf_variance)
+    mixture_quantiles = staticmethod(mixture_quantiles)
+    sample = staticmethod(sample)
 
 
 POISSON = register_expert(PoissonExpert())
