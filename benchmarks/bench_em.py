@@ -85,7 +85,7 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     import jax.numpy as jnp
 
     import hme
-    from hme import em
+    from hme import em, fitting
     from hme._linalg import padded_length, weighted_gram
     from hme.model import make_design
 
@@ -115,12 +115,12 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     # steady-state iteration on the padded, centred data the fit uses
     n_pad = padded_length(n)
     Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
-    data = em.FitData(
+    data = fitting.FitData(
         make_design(spec, Xc),
         jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
         jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
     )
-    opts = em.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
+    opts = fitting.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
                          gate_alpha=jnp.asarray(1e-4, dtype), var_floor=jnp.full((1,), 1e-6, dtype))
     cfg = em.FitConfig(gate_solver=gate_solver)
     params = jax.tree_util.tree_map(jnp.asarray, res.params)
@@ -129,7 +129,7 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     it = _median_time(step, params, data)
 
     # the sufficient statistics alone: leaf Grams (+ gate Hessian Grams for the Newton solver)
-    st = jax.jit(lambda p, data: em.e_step(spec, p, data, opts))(params, data)
+    st = jax.jit(lambda p, data: fitting.e_step(spec, p, data, opts))(params, data)
     K = L + (spec.tree.n_gates if gate_solver == "newton" else 0)
     W = jnp.concatenate([st.leaf_w] + ([st.leaf_w[:, : spec.tree.n_gates]] if gate_solver == "newton" else []), 1)
     gram = jax.jit(weighted_gram)

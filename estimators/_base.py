@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 import hme
 from hme import gates as tree_gates
 from hme import model as _model
-from hme.inference import canonicalize, n_free_parameters, standard_errors
+from hme.fitting import record_fit
+from hme.inference import n_free_parameters, standard_errors
 
 
 class ExtrapolationWarning(UserWarning):
@@ -47,18 +48,6 @@ class NotIdentifiedWarning(UserWarning):
 
 class DegenerateFitWarning(UserWarning):
     """The returned fit has an empty leaf or a Gaussian expert whose variance sits on ``var_floor``."""
-
-
-def _degeneracy(counts, collapsed):
-    """Human-readable reasons a restart degenerated ('' when healthy); leaves in the restart's own order."""
-    reasons = []
-    empty = np.flatnonzero(counts < 1.0)
-    if empty.size:
-        reasons.append(f"empty leaves {empty.tolist()} (posterior count < 1 sample)")
-    flat = np.flatnonzero(collapsed)
-    if flat.size:
-        reasons.append(f"leaves {flat.tolist()} with expert variance collapsed onto var_floor")
-    return "; ".join(reasons)
 
 
 def _input_variances(X, sample_weight, features) -> np.ndarray:
@@ -197,72 +186,39 @@ class HMEBase(BaseEstimator):
         return AUTO_GATE_ALPHA * np.concatenate([[1.0], _input_variances(X, sample_weight, spec.gate_features)])
 
     def _fit_core(self, X, Y, sample_weight, spec, var_floor=None):
-        rs = check_random_state(self.random_state)
-        seed = int(rs.randint(np.iinfo(np.int32).max))
-        init = None
-        if self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec:
-            init = self._params_jax()
+        """Translate the hyperparameters, run the chosen engine, store its :class:`hme.fitting.FitRecord` as
+        fitted attributes (``name_``) and warn about what the record shows."""
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        warm = self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec
+        start = self._params_jax() if warm else None
         alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
         gate_alpha = self._gate_ridge(X, sample_weight, spec)
         self.expert_coef_target_ = None if target is None else target.astype(X.dtype)
-        # the penalty the fit maximised against, for summary()'s curvature (as hme.em.prepare_fit builds it)
+        # the penalty the fit maximised against, for summary()'s curvature (as hme.fitting.prepare_fit builds it)
         a = np.asarray(alpha, np.float64)
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
                              gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
-        common = dict(
-            sample_weight=sample_weight,
-            init_params=self.init_params,
-            start_params=init,
-            coef_target=target,
-            n_init=1 if init is not None else self.n_init,
-            n_candidates=self.n_candidates,
-            random_state=seed,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            alpha=alpha,
-            gate_alpha=gate_alpha,
-            var_floor=var_floor,
-            verbose=int(bool(self.verbose)),
-        )
+        common = dict(sample_weight=sample_weight, init_params=self.init_params, start_params=start,
+                      coef_target=target, n_init=1 if warm else self.n_init, n_candidates=self.n_candidates,
+                      random_state=seed, max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha,
+                      var_floor=var_floor, verbose=int(bool(self.verbose)))
+        if self.solver != "gradient" and self.batch_size is not None:
+            raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
         with precision_scope(X.dtype):
             if self.solver == "gradient":
                 res = hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
                                        batch_size=self.batch_size, **common)
             else:
-                if self.batch_size is not None:
-                    raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
                 res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
-            res = jax.device_get(res)
+            record = record_fit(spec, res, X, Y, sample_weight)
         self._spec = spec
-        positive = np.asarray(sample_weight) > 0
-        self.x_min_ = np.min(X[positive], axis=0)
-        self.x_max_ = np.max(X[positive], axis=0)
-        # a canonical leaf order (siblings sorted by their experts' mean prediction at the weighted mean input):
-        # the same optimum always gives the same parameter table
-        x_ref = np.average(np.asarray(X, np.float64), axis=0, weights=np.asarray(sample_weight, np.float64))
-        with precision_scope(X.dtype):
-            canon = canonicalize(spec, res.params, x_ref)
-        self.params_ = jax.tree_util.tree_map(np.asarray, canon)
-        with precision_scope(X.dtype):
-            post = _model.posteriors(spec, canon, X, Y)["leaf"]
-            gate = _model.gate_path_probs(spec, canon, X)
-        self.expert_input_min_, self.expert_input_max_ = _model.expert_boxes(spec, post, gate, X, sample_weight)
-        self.n_iter_ = int(res.n_iter)
-        self.converged_ = bool(res.converged)
-        hist = np.asarray(res.history)
-        self.lower_bounds_ = hist[np.isfinite(hist)]
-        self.lower_bound_ = float(res.objective)
-        self.log_likelihood_ = float(res.log_likelihood)
-        rh = np.asarray(res.restart_history)
-        self.restart_lower_bounds_ = [h[np.isfinite(h)] for h in rh]
-        self.restart_converged_ = np.asarray(res.restart_converged)
-        self.restart_failed_ = np.asarray(res.restart_failed)
-        self.best_restart_ = int(res.best_restart)
-        self.restart_leaf_counts_ = np.asarray(res.restart_leaf_count, np.float64)
-        self.restart_collapsed_ = np.asarray(res.restart_collapsed, bool)
-        self.restart_degenerate_ = [
-            _degeneracy(c, k) for c, k in zip(self.restart_leaf_counts_, self.restart_collapsed_, strict=True)
-        ]
+        for name, value in record._asdict().items():
+            setattr(self, name + "_", value)
+        self._report_fit()
+        return self
+
+    def _report_fit(self):
+        """Print the restarts' progress (``verbose``) and warn about failed, degenerate or unconverged fits."""
         if self.verbose:
             for i, h in enumerate(self.restart_lower_bounds_):
                 for k in range(0, len(h), self.verbose_interval):
@@ -276,7 +232,7 @@ class HMEBase(BaseEstimator):
                 f"restarts {bad} produced a non-finite log-likelihood and were stopped at their last finite "
                 "parameters; consider a larger var_floor or alpha",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         why = self.restart_degenerate_[self.best_restart_]
         if why:
@@ -285,7 +241,7 @@ class HMEBase(BaseEstimator):
                 f"{why}. The model has more leaves than the data support or an expert interpolates a few points; "
                 "try a smaller tree, a larger var_floor or alpha, or more restarts (n_init).",
                 DegenerateFitWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if not self.converged_:
             warnings.warn(
@@ -296,9 +252,8 @@ class HMEBase(BaseEstimator):
                 + (", gate_solver='newton'" if self.gate_solver != "newton" else "")
                 + ", or more regularisation (alpha, gate_alpha) if experts or gates separate the data perfectly.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        return self
 
     def _expert_box(self):
         """Each expert's input box for ``out_of_bounds="clip"``; None when extrapolating (or for old models)."""

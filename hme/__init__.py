@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
-    "EMResult": "em",
-    "FitOptions": "em",
-    "e_step": "em",
+    "EMResult": "fitting",
+    "FitOptions": "fitting",
+    "e_step": "fitting",
     "em_step": "em",
     "fit_em": "em",
     "m_step": "em",
@@ -45,9 +45,9 @@ _EXPORTS = {
     "HMESelector": "estimators",
     "load": "estimators",
 }
-_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "families", "gates",
-               "gradient", "inference", "init", "model", "monitor", "params", "plot", "simulate", "spec", "table",
-               "theory", "tree")
+_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "families",
+               "fitting", "gates", "gradient", "inference", "init", "model", "monitor", "params", "plot", "simulate",
+               "spec", "table", "theory", "tree")
 
 __all__ = sorted(_EXPORTS) + ["datasets"]
 

@@ -18,31 +18,39 @@ falls below ``tol`` or after ``max_iter`` M-steps, and records a NaN-padded hist
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import batched_linalg, code_space
 from . import gates as _gates
 from . import monitor as _monitor
-from ._linalg import padded_length, weighted_gram
+from ._linalg import weighted_gram
 from ._logit import newton_weights
-from .fitting import iterate
-from .init import INIT_METHODS, content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
-from .model import Design, edge_mass, joint, make_design
-from .params import HMEParams, cast_params, center_params, check_params
+from .fitting import (
+    DEFAULT_ALPHA,
+    DEFAULT_GATE_ALPHA,
+    EMResult,
+    EStep,
+    FitData,
+    FitOptions,
+    Trace,
+    best_of,
+    center_inputs,
+    check_n_candidates,
+    e_step,
+    healthy,
+    iterate,
+    keep_where,
+    prepare_fit,
+    ranks_higher,
+)
+from .init import content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
+from .model import edge_mass
+from .params import HMEParams, center_params
 from .spec import ModelSpec
 
 GATE_SOLVERS = ("newton", "bound")
 
-#: Default ridge on gate coefficients (penalty ½ α Σ θ², on the scale of the summed log-likelihood).
-DEFAULT_GATE_ALPHA = 1e-4
-#: Default ridge on expert slopes (intercepts are not penalised).
-DEFAULT_ALPHA = 1e-6
-#: Default variance floor, relative to the (weighted) variance of each output.
-DEFAULT_VAR_FLOOR = 1e-6
 #: emEM (Biernacki, Celeux & Govaert 2003): candidate starts per restart, each run for ``SCREEN_ITER`` EM
 #: iterations; the best one starts the full run.
 DEFAULT_N_CANDIDATES = 20
@@ -50,16 +58,6 @@ SCREEN_ITER = 10
 #: Screening runs on at most this many rows (a weight-proportional draw when there are more): its cost stays
 #: below ``DEFAULT_N_CANDIDATES · SCREEN_ITER · SCREEN_ROWS / n`` full iterations.
 SCREEN_ROWS = 4096
-
-
-class FitOptions(NamedTuple):
-    """Numeric hyperparameters, traced (changing them does not recompile)."""
-
-    tol: jax.Array
-    alpha: jax.Array  # () or (q,): ridge on expert coefficients per design column (column 0, the intercept, free)
-    gate_alpha: jax.Array
-    var_floor: jax.Array  # (n_outputs,)
-    coef_target: jax.Array | None = None  # (p_e, k): the expert slopes the ridge pulls towards (default 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,87 +74,6 @@ class FitConfig:
     monitor: bool = False
     #: emEM: candidate starts screened by a short EM run for each restart (1: no screening)
     n_candidates: int = 1
-
-
-class FitData(NamedTuple):
-    design: Design
-    y: jax.Array
-    weight: jax.Array
-
-
-class EMTrace(NamedTuple):
-    params: HMEParams
-    objective: jax.Array
-    mean_log_likelihood: jax.Array
-    history: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    failed: jax.Array
-    n_eval: jax.Array | None = (
-        None  # objective+gradient evaluations (gradient fits); EM: one E- and M-step per iteration
-    )
-
-
-class EMResult(NamedTuple):
-    """Result of :func:`fit_em`.
-
-    params : HMEParams -- best restart, on the original (uncentred) inputs
-    objective : mean penalised log-likelihood of ``params`` (what EM increases)
-    log_likelihood : total (weighted) log-likelihood Σ_t w_t log p(y_t | x_t) of ``params``
-    history : (max_iter + 1,) penalised mean log-likelihood per iteration, NaN after the last
-    n_iter, converged : M-steps done; whether the relative change fell below ``tol``
-    best_restart : index of the winning restart
-    restart_objective, restart_history, restart_n_iter, restart_converged, restart_failed : the same per restart
-    restart_leaf_count : (n_init, n_leaves) posterior sample count of each leaf at each restart's final
-        parameters, n₊ Σ_t w_t h_tl / Σ_t w_t with n₊ the rows of positive weight (count < 1: empty)
-    restart_collapsed : (n_init, n_leaves) whether a Gaussian expert's covariance sits on ``var_floor``
-        (all False for other families)
-    n_evaluations : passes over the data of the best restart: EM iterations, or objective-and-gradient
-        evaluations of a gradient fit (line-search steps included; minibatch: epochs + full evaluations)
-    """
-
-    params: HMEParams
-    objective: jax.Array
-    log_likelihood: jax.Array
-    history: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    best_restart: jax.Array
-    restart_objective: jax.Array
-    restart_history: jax.Array
-    restart_n_iter: jax.Array
-    restart_converged: jax.Array
-    restart_failed: jax.Array
-    restart_leaf_count: jax.Array
-    restart_collapsed: jax.Array
-    n_evaluations: jax.Array | None = None
-
-
-def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
-    """Gate and expert ridges (each family's own), on the scale of the summed log-likelihood."""
-    gate_pen = _gates.penalty(spec, params.gates, opts.gate_alpha)
-    return gate_pen + spec.expert_family.penalty(spec, params.experts, opts.alpha, opts.coef_target)
-
-
-class EStep(NamedTuple):
-    objective: jax.Array  # penalised mean log-likelihood (joint in (x, y) for Gaussian gates)
-    mean_log_likelihood: jax.Array  # conditional: mean log p(y | x)
-    leaf_w: jax.Array  # (n, L) leaf posteriors x sample weights
-    gate_log_prob: jax.Array
-    aux: object
-
-
-def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) -> EStep:
-    j = joint(spec, params, data.design, data.y)
-    w = data.weight
-    total = jnp.sum(w)
-    ll = jnp.sum(w * j.log_lik)
-    leaf_w = j.leaf_post * w[:, None]
-    joint_ll = ll
-    if _gates.models_inputs(spec):  # EM maximises the joint likelihood of (x, y)
-        joint_ll = ll + jnp.sum(w * _gates.log_marginal(spec, data.design.gate, params.gates))
-    obj = (joint_ll - penalty(spec, params, opts)) / total
-    return EStep(obj, ll / total, leaf_w, j.gate_log_prob, j.aux)
 
 
 def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st: EStep, opts: FitOptions) -> HMEParams:
@@ -204,7 +121,7 @@ def em_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, o
     return st.objective, m_step(spec, cfg, params, data, st, opts)
 
 
-def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions) -> EMTrace:
+def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions) -> Trace:
     """The compiled EM loop from one starting point: E-step, then M-step, under :func:`hme.fitting.iterate`."""
     dtype = data.y.dtype
 
@@ -214,17 +131,7 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
 
     r = iterate(step, params, lambda p: p, jnp.asarray(jnp.nan, dtype), max_iter=cfg.max_iter, tol=opts.tol,
                 dtype=dtype, report=cfg.monitor)
-    return EMTrace(r.params, r.objective, r.aux, r.history, r.n_iter, r.converged, r.failed)
-
-
-def _weighted_mean(X, w):
-    return (w @ X) / jnp.sum(w)
-
-
-def center_inputs(spec: ModelSpec, X, y, w):
-    """Centre X at its weighted mean (an exact reparametrisation) and build the design: (FitData, x_mean)."""
-    x_mean = _weighted_mean(X, w) if X.shape[1] else jnp.zeros((0,), X.dtype)
-    return FitData(make_design(spec, X - x_mean), y, w), x_mean
+    return Trace(r.params, r.objective, r.aux, r.history, r.n_iter, r.converged, r.failed)
 
 
 def candidate_start(spec: ModelSpec, cfg, key, data: FitData, opts: FitOptions) -> HMEParams:
@@ -278,7 +185,7 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
         def run_round(_):
             p, obj, ok = screen(split[:, c])
             better = ranks_higher(obj, ok, best_obj, best_ok)
-            return _keep(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok)
+            return keep_where(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok)
 
         best, best_obj, best_ok = jax.lax.cond(stop, lambda _: (best, best_obj, best_ok), run_round, None)
         if cfg.monitor:
@@ -293,25 +200,7 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
     # a restart whose candidates all failed (or that a stop request left empty) gets an unscreened start; EM then
     # reports it as failed, or stops at once
     plain = jax.vmap(lambda key: candidate_start(spec, cfg, key, data, opts))(split[:, 0])
-    return _keep(jnp.isfinite(best_obj), best, plain)
-
-
-def healthy(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) -> jax.Array:
-    """Whether no leaf is empty (posterior count < 1 sample) and no Gaussian expert's covariance sits on the floor:
-    the estimators' definition of a non-degenerate fit."""
-    count, collapsed = _leaf_health(spec, params, data, opts)
-    return ~(jnp.any(count < 1.0) | jnp.any(collapsed))
-
-
-def ranks_higher(obj, ok, other_obj, other_ok) -> jax.Array:
-    """Fits compare healthy first, then by objective: a degenerate fit's likelihood can grow without bound (an
-    expert interpolating a few points), so it never displaces a healthy one."""
-    return (ok & ~other_ok) | ((ok == other_ok) & (obj > other_obj))
-
-
-def _keep(flag, a, b):
-    """Per restart: ``a`` where ``flag`` (R,) holds, else ``b`` (pytrees with a leading restart axis)."""
-    return jax.tree_util.tree_map(lambda x, y: jnp.where(flag.reshape(flag.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+    return keep_where(jnp.isfinite(best_obj), best, plain)
 
 
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, start_params) -> HMEParams:
@@ -323,63 +212,12 @@ def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: Fit
     return screened_starts(spec, cfg, keys, data, opts)
 
 
-def best_of(spec: ModelSpec, traces: EMTrace, data: FitData, opts: FitOptions, x_mean) -> EMResult:
-    """The best restart's parameters (back on the raw inputs) with every restart's record."""
-    score = jnp.where(traces.failed | ~jnp.isfinite(traces.objective), -jnp.inf, traces.objective)
-    leaf_count, collapsed = jax.vmap(lambda p: _leaf_health(spec, p, data, opts))(traces.params)
-    ok = ~(jnp.any(leaf_count < 1.0, axis=1) | jnp.any(collapsed, axis=1))
-    # healthy restarts first (see ranks_higher), then the highest objective
-    best = jnp.argmax(jnp.where(jnp.any(ok & jnp.isfinite(score)) & ~ok, -jnp.inf, score))
-    params = jax.tree_util.tree_map(lambda a: a[best], traces.params)
-    params = center_params(spec, params, x_mean, -1.0)
-    return EMResult(
-        params=params,
-        objective=traces.objective[best],
-        log_likelihood=traces.mean_log_likelihood[best] * jnp.sum(data.weight),
-        history=traces.history[best],
-        n_iter=traces.n_iter[best],
-        converged=traces.converged[best],
-        best_restart=best,
-        restart_objective=traces.objective,
-        restart_history=traces.history,
-        restart_n_iter=traces.n_iter,
-        restart_converged=traces.converged,
-        restart_failed=traces.failed,
-        restart_leaf_count=leaf_count,
-        restart_collapsed=collapsed,
-        n_evaluations=(traces.n_iter if traces.n_eval is None else traces.n_eval)[best],
-    )
-
-
 @jax.jit(static_argnames=("spec", "cfg"))
 def _fit(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
     starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
     traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
     return best_of(spec, traces, data, opts, x_mean)
-
-
-def _leaf_health(spec, params, data, opts):
-    """Per-leaf posterior sample counts and variance-floor flags of one restart's final parameters."""
-    st = e_step(spec, params, data, opts)
-    n_rows = jnp.sum(data.weight > 0)  # padding rows carry zero weight
-    count = jnp.sum(st.leaf_w, axis=0) * (n_rows / jnp.sum(data.weight))
-    cov = params.experts.cov
-    if not spec.expert_family.has_cov or cov is None:
-        return count, jnp.zeros(count.shape, bool)
-    s = jnp.sqrt(opts.var_floor)
-    scaled = cov / (s[:, None] * s[None, :])
-    # λ_min(S) ≤ t  ⇔  S - tI has a non-positive eigenvalue  ⇔  tr(|S - tI| - (S - tI)) = 2 Σ max(t - λ, 0) > 0
-    t = 1.0 + 1e-3
-    shifted = scaled - t * jnp.eye(scaled.shape[-1], dtype=scaled.dtype)
-    gap = jnp.trace(batched_linalg.matrix_abs(shifted) - shifted, axis1=-2, axis2=-1)
-    scale = jnp.sqrt(jnp.sum(shifted * shifted, axis=(-2, -1)))
-    return count, gap > 1e-6 * jnp.maximum(scale, 1.0)
-
-
-def _check_finite(name, a):
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinity")
 
 
 def fit_em(
@@ -448,122 +286,12 @@ def fit_em(
     """
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
-    p = prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
-                    gate_alpha, var_floor, coef_target)
+    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params, start_params=start_params,
+                    n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init_params, gate_solver=gate_solver,
                     expert_solver=expert_solver, user_init=p.user_init, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params), monitored,
                            max_iter, verbose, "EM", n_init)
-
-
-def check_n_candidates(n_candidates) -> int:
-    if not (isinstance(n_candidates, (int, np.integer)) and not isinstance(n_candidates, bool) and n_candidates >= 1):
-        raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
-    return int(n_candidates)
-
-
-class Prepared(NamedTuple):
-    """Validated, padded inputs of a fit: rows beyond n carry zero weight."""
-
-    X: jax.Array
-    y: jax.Array
-    weight: jax.Array
-    keys: jax.Array
-    opts: FitOptions
-    start_params: HMEParams | None
-    user_init: bool
-
-
-def prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
-                gate_alpha, var_floor, coef_target=None) -> Prepared:
-    """Shared validation of :func:`fit_em` and :func:`hme.fit_gradient` (clear errors, never a JAX traceback)."""
-    code_space.ensure_code_space()
-    if init_params not in INIT_METHODS:
-        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
-        raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    a = np.asarray(alpha, np.float64)
-    ga = np.asarray(gate_alpha, np.float64)
-    if not (np.all(a >= 0) and np.all(np.isfinite(a)) and np.all(ga >= 0) and np.all(np.isfinite(ga))):
-        raise ValueError("alpha and gate_alpha must be finite and >= 0")
-    if ga.ndim > 1 or (ga.ndim == 1 and (not _gates.uses_node_gram(spec) or ga.shape[0] != spec.n_gate_features + 1)):
-        raise ValueError("gate_alpha must be a scalar, or (softmax gates) one value for the biases followed by one "
-                         f"per gate feature ({spec.n_gate_features + 1} in all); got shape {ga.shape} for "
-                         f"{spec.gate!r} gates")
-    gate_alpha = ga
-    p_e = spec.n_expert_features
-    if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != p_e):
-        raise ValueError(f"alpha must be a scalar or have one value per expert feature ({p_e}), got shape {a.shape}")
-    alpha = a if a.ndim == 0 else np.concatenate([[0.0], a])  # per design column; the intercept is free
-    if coef_target is not None:
-        coef_target = np.asarray(coef_target, np.float64)
-        if coef_target.shape != (p_e, spec.n_expert_outputs) or not np.all(np.isfinite(coef_target)):
-            raise ValueError(f"coef_target must be finite with shape ({p_e}, {spec.n_expert_outputs}), got "
-                             f"{coef_target.shape}")
-    X = jnp.asarray(X)
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = X.astype(jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64)
-    dtype = X.dtype
-    if X.ndim != 2 or X.shape[1] != spec.n_features:
-        raise ValueError(f"X must have shape (n_samples, {spec.n_features}), got {X.shape}")
-    n = X.shape[0]
-    from .model import prepare_targets
-
-    y = prepare_targets(spec, y, dtype)
-    if y.shape[0] != n:
-        raise ValueError(f"X has {n} samples but y has {y.shape[0]}")
-    k = spec.n_targets
-    if y.shape[1] != k:
-        raise ValueError(f"y must have {k} columns (n_targets) for this spec, got {y.shape[1]}")
-    w = jnp.ones((n,), dtype) if sample_weight is None else jnp.asarray(sample_weight, dtype).reshape(-1)
-    if w.shape[0] != n:
-        raise ValueError(f"sample_weight has {w.shape[0]} entries for {n} samples")
-    _check_finite("X", np.asarray(X))
-    _check_finite("y", np.asarray(y))
-    _check_finite("sample_weight", np.asarray(w))
-    if np.any(np.asarray(w) < 0) or not np.sum(np.asarray(w)) > 0:
-        raise ValueError("sample_weight must be non-negative with a positive sum")
-    n_used = int(np.count_nonzero(np.asarray(w)))
-    if n_used < spec.tree.n_leaves:
-        raise ValueError(
-            f"n_samples={n_used} (with positive weight) should be >= the tree's {spec.tree.n_leaves} leaves: every "
-            "expert needs data. Use a smaller tree (depth, branching) or more samples."
-        )
-    spec.expert_family.check_targets(y)
-    relative = np.asarray(DEFAULT_VAR_FLOOR if var_floor is None else var_floor, np.float64)
-    if not (np.all(np.isfinite(relative)) and np.all(relative > 0)):
-        raise ValueError(f"var_floor must be finite and > 0 (a fraction of each output's variance), got {var_floor!r}")
-    wn = np.asarray(w, np.float64)
-    yn = np.asarray(y, np.float64)
-    var = wn @ (yn - wn @ yn / wn.sum()) ** 2 / wn.sum()
-    floor = relative * np.where(var > 0, var, 1.0)  # absolute: a fraction of each output's (weighted) variance
-    vf = jnp.broadcast_to(jnp.asarray(floor, dtype), (spec.n_targets if spec.expert_family.has_cov else k,))
-    opts = FitOptions(tol=jnp.asarray(tol, dtype), alpha=jnp.asarray(alpha, dtype),
-                      gate_alpha=jnp.asarray(gate_alpha, dtype), var_floor=vf,
-                      coef_target=None if coef_target is None else jnp.asarray(coef_target, dtype))
-    if isinstance(random_state, (int, np.integer)):
-        keys = jax.random.split(jax.random.PRNGKey(int(random_state)), n_init)
-    else:
-        key = jnp.asarray(random_state)
-        if key.ndim == 2:  # one key per restart
-            if key.shape[0] != n_init:
-                raise ValueError(f"got {key.shape[0]} keys for n_init={n_init}")
-            keys = key
-        else:
-            keys = jax.random.split(key, n_init)
-    user = start_params is not None
-    if user:
-        check_params(spec, start_params)
-        start_params = cast_params(start_params, dtype)
-    pad = padded_length(n) - n
-    if pad:  # zero-weight rows: nearby sample sizes reuse one compiled program
-        X = jnp.pad(X, ((0, pad), (0, 0)))
-        y = jnp.pad(y, ((0, pad), (0, 0)))
-        w = jnp.pad(w, (0, pad))
-    return Prepared(X, y, w, keys, opts, start_params, user)

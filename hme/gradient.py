@@ -27,24 +27,22 @@ import optax
 
 from . import gates as _gates
 from . import monitor as _monitor
-from .em import (
+from .em import DEFAULT_N_CANDIDATES, starting_points
+from .fitting import (
     DEFAULT_ALPHA,
     DEFAULT_GATE_ALPHA,
-    DEFAULT_N_CANDIDATES,
     EMResult,
-    EMTrace,
     FitData,
     FitOptions,
+    Trace,
+    batch_objective,
     best_of,
     center_inputs,
     check_n_candidates,
     e_step,
-    penalty,
+    iterate,
     prepare_fit,
-    starting_points,
 )
-from .fitting import iterate
-from .model import joint
 from .params import ExpertParams, HMEParams
 from .spec import ModelSpec
 
@@ -91,17 +89,6 @@ def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
 # -- objective and optimisation loop ---------------------------------------------------------------------
 
 
-def batch_objective(spec: ModelSpec, params: HMEParams, design, y, w, total, opts: FitOptions) -> jax.Array:
-    """EM's objective on a batch: ``(Σ_b w log p - (Σ_b w / total) penalty) / Σ_b w`` (= EM's on all rows)."""
-    j = joint(spec, params, design, y)
-    ll = jnp.sum(w * j.log_lik)
-    if _gates.models_inputs(spec):
-        ll = ll + jnp.sum(w * _gates.log_marginal(spec, design.gate, params.gates))
-    wb = jnp.sum(w)
-    safe = jnp.maximum(wb, jnp.finfo(w.dtype).tiny)
-    return (ll - (wb / total) * penalty(spec, params, opts)) / safe
-
-
 def _optimizer(cfg: GradientConfig):
     if cfg.optimizer == "lbfgs":
         return optax.lbfgs(learning_rate=cfg.learning_rate)
@@ -110,7 +97,7 @@ def _optimizer(cfg: GradientConfig):
 
 def run_gradient(
     spec: ModelSpec, cfg: GradientConfig, params: HMEParams, data: FitData, opts: FitOptions, key
-) -> EMTrace:
+) -> Trace:
     """The compiled optimisation loop from one start (the analogue of :func:`hme.em.run_em`)."""
     dtype = data.y.dtype
     total = jnp.sum(data.weight)
@@ -176,7 +163,7 @@ def run_gradient(
                 dtype=dtype, report=cfg.monitor)
     p = from_unconstrained(spec, r.params, opts)
     st = e_step(spec, p, data, opts)
-    return EMTrace(p, st.objective, st.mean_log_likelihood, r.history, r.n_iter, r.converged, r.failed,
+    return Trace(p, st.objective, st.mean_log_likelihood, r.history, r.n_iter, r.converged, r.failed,
                    r.n_evaluations)
 
 
@@ -231,8 +218,9 @@ def fit_gradient(
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    p = prepare_fit(spec, X, y, sample_weight, init_params, start_params, n_init, random_state, max_iter, tol, alpha,
-                    gate_alpha, var_floor, coef_target)
+    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params, start_params=start_params,
+                    n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init_params,
                          batch_size=None if batch_size is None else int(batch_size), learning_rate=learning_rate,

@@ -218,9 +218,9 @@ def free_parameters(spec: ModelSpec, params: HMEParams, feature_names=None):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _derivatives(spec, treedef, kind, theta, srcs, base, X, y, w, penalty_opts=None, x_mean=None):
     """-∇² [Σ_t w_t log p(y_t | x_t; θ) - penalty(θ)] (P, P), and for ``kind="sandwich"`` also
-    J = Σ_t w_t s_t s_tᵀ. The penalty (of :func:`hme.em.penalty`, on inputs centred at ``x_mean`` as the fit
+    J = Σ_t w_t s_t s_tᵀ. The penalty (of :func:`hme.fitting.penalty`, on inputs centred at ``x_mean`` as the fit
     had them) is included when ``penalty_opts`` is given."""
-    from .em import penalty
+    from .fitting import penalty
     from .params import center_params
 
     d = make_design(spec, X)
@@ -302,7 +302,7 @@ def standard_errors(spec: ModelSpec, params: HMEParams, X, y, sample_weight=None
     likelihood: a saturated gate, an unused input, a leaf with no data); ``λ < -rtol·max|λ|`` are directions of
     negative curvature (not a maximum). A parameter loading on either (``Σ_k V_{jk}² > NULL_LOADING`` over those
     k) gets NaN. The rest use the inverse on the identified subspace, ``Σ = D^{-1/2} V₊ Λ₊⁻¹ V₊ᵀ D^{-1/2}``
-    (sandwich: ``Σ J Σ``). ``penalty_opts`` (a :class:`hme.em.FitOptions`): the fit maximised the penalised
+    (sandwich: ``Σ J Σ``). ``penalty_opts`` (a :class:`hme.fitting.FitOptions`): the fit maximised the penalised
     likelihood, so its curvature is that of the penalised objective (the Laplace approximation of the posterior
     whose mode the fit is); without it, the plain observed information."""
     if kind not in ("observed", "sandwich"):

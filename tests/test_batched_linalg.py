@@ -18,7 +18,8 @@ from helpers import random_params, random_targets
 
 import hme
 from hme import batched_linalg as bl
-from hme.em import FitConfig, _fit, prepare_fit
+from hme.em import FitConfig, _fit
+from hme.fitting import prepare_fit
 
 SIZES = [1, 2, 5, 31, 32, 33, 70]
 
@@ -95,7 +96,8 @@ def test_fit_programs_call_no_lapack(kw, rng):
     spec = hme.ModelSpec(tree, n_features=40, **kw)
     X = rng.normal(size=(64, 40))
     y = random_targets(spec, rng, 64)
-    p = prepare_fit(spec, X, y, None, "kmeans", None, 2, 0, 5, 1e-6, 1e-6, 1e-4, None)
+    p = prepare_fit(spec, X, y, init_params="kmeans", n_init=2, random_state=0, max_iter=5, tol=1e-6, alpha=1e-6,
+                    gate_alpha=1e-4)
     for solver in ("newton", "bound"):  # tracing and lowering only: nothing is compiled
         cfg = FitConfig(max_iter=5, n_init=2, init="kmeans", gate_solver=solver, expert_solver=solver)
         text = _fit.lower(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params).as_text()

@@ -16,9 +16,10 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, PoissonRe
 
 import hme
 import hme._logit
-from hme import em, gates
+from hme import gates
 from hme._logit import masked_log_softmax, newton_cg, newton_curvature, unit_logits, unit_objective
 from hme.families import categorical, gaussian, poisson
+from hme.fitting import FitOptions
 from hme.model import edge_mass, make_design
 
 X64 = jax.config.jax_enable_x64
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.skipif(not X64, reason="reference comparisons run in fl
 
 
 def _opts(alpha=0.0, gate_alpha=0.0, m=1):
-    return em.FitOptions(
+    return FitOptions(
         tol=jnp.asarray(1e-8),
         alpha=jnp.asarray(alpha),
         gate_alpha=jnp.asarray(gate_alpha),

@@ -233,7 +233,7 @@ class ExpertFamily:
         The default iterates the family's own M-step on one leaf that holds every row (``spec`` is None there),
         until the penalised log-likelihood stops rising; the built-in families override it with a NumPy float64
         fit."""
-        from ..em import FitOptions
+        from ..fitting import FitOptions
 
         dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
         D = jnp.asarray(D, dtype)

@@ -1,7 +1,56 @@
-"""The pieces every fitting engine shares. :func:`iterate` is the one compiled iterate loop (stopping rule, history,
-last finite state, progress reports) that EM (:mod:`hme.em`) and the gradient solvers (:mod:`hme.gradient`) plug
-their steps into."""
+"""The pieces every fitting engine shares.
+
+* :mod:`.problem` -- input validation, padding and the traced options (:func:`prepare_fit`, :class:`FitOptions`),
+  once for every engine;
+* :mod:`.objective` -- the penalised log-likelihood and the posteriors at a point (:func:`e_step`);
+* :mod:`.driver` -- the one compiled iterate loop (:func:`iterate`: stopping rule, history, last finite state,
+  progress) that EM (:mod:`hme.em`) and the gradient solvers (:mod:`hme.gradient`) plug their steps into;
+* :mod:`.restarts` -- each restart's health and the choice of the winner (:func:`best_of`);
+* :mod:`.record` -- what a finished fit leaves behind, as NumPy (:func:`record_fit`; the estimators' attributes).
+"""
 
 from .driver import IterateResult, iterate
+from .objective import EStep, batch_objective, e_step, penalty
+from .problem import (
+    DEFAULT_ALPHA,
+    DEFAULT_GATE_ALPHA,
+    DEFAULT_VAR_FLOOR,
+    FitData,
+    FitOptions,
+    Prepared,
+    center_inputs,
+    check_finite,
+    check_n_candidates,
+    prepare_fit,
+)
+from .record import FitRecord, degeneracy, record_fit
+from .restarts import EMResult, Trace, best_of, healthy, keep_where, leaf_health, ranks_higher
 
-__all__ = ["IterateResult", "iterate"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_GATE_ALPHA",
+    "DEFAULT_VAR_FLOOR",
+    "EMResult",
+    "EStep",
+    "FitData",
+    "FitOptions",
+    "FitRecord",
+    "IterateResult",
+    "Prepared",
+    "Trace",
+    "batch_objective",
+    "best_of",
+    "center_inputs",
+    "check_finite",
+    "check_n_candidates",
+    "degeneracy",
+    "e_step",
+    "healthy",
+    "iterate",
+    "keep_where",
+    "leaf_health",
+    "penalty",
+    "prepare_fit",
+    "ranks_higher",
+    "record_fit",
+]

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..em import FitConfig, FitData, FitOptions, em_step
+from ..em import FitConfig, em_step
+from ..fitting import FitData, FitOptions
 from ..model import make_design
 from ..spec import ModelSpec
 

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..em import FitConfig, FitData, FitOptions, run_em
+from ..em import FitConfig, run_em
 from ..families import gate_family
+from ..fitting import FitData, FitOptions
 from ..model import make_design
 from ..params import ExpertParams, GateParams, HMEParams
 from ..spec import ModelSpec
