@@ -174,33 +174,35 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
         like = lambda ks: jax.vmap(lambda k: candidate_start(spec, cfg, k, data, opts))(ks)
 
     def short_run(key, sub):
-        p = candidate_start(spec, cfg, key, sub, opts)
-        p = jax.lax.fori_loop(0, SCREEN_ITER, lambda _, p: em_step(spec, cfg, p, sub, opts)[1], p)
+        start = candidate_start(spec, cfg, key, sub, opts)
+        p = jax.lax.fori_loop(0, SCREEN_ITER, lambda _, p: em_step(spec, cfg, p, sub, opts)[1], start)
         obj = e_step(spec, p, sub, opts).objective
-        return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf), healthy(spec, p, sub, opts)
+        return start, p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf), healthy(spec, p, sub, opts)
 
     def round_(carry, c):
-        best, best_obj, best_ok, stop = carry
+        best, best_obj, best_ok, first, stop = carry
 
         def run_round(_):
-            p, obj, ok = screen(split[:, c])
+            start, p, obj, ok = screen(split[:, c])
             better = ranks_higher(obj, ok, best_obj, best_ok)
-            return keep_where(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok)
+            first_ = jax.tree_util.tree_map(lambda a, b: jnp.where(c == 1, a, b), start, first)
+            return (keep_where(better, p, best), jnp.where(better, obj, best_obj), jnp.where(better, ok, best_ok),
+                    first_)
 
-        best, best_obj, best_ok = jax.lax.cond(stop, lambda _: (best, best_obj, best_ok), run_round, None)
+        best, best_obj, best_ok, first = jax.lax.cond(stop, lambda _: (best, best_obj, best_ok, first), run_round,
+                                                      None)
         if cfg.monitor:
             stop = stop | jnp.any(_monitor.report(jnp.zeros(best_obj.shape, jnp.int32), best_obj))
-        return (best, best_obj, best_ok, stop), None
+        return (best, best_obj, best_ok, first, stop), None
 
     shape = jax.eval_shape(like, split[:, 1])
     empty = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
     neg_inf = jnp.full(keys.shape[:1], -jnp.inf, data.y.dtype)
-    init = (empty, neg_inf, jnp.zeros(neg_inf.shape, bool), jnp.asarray(False))
-    (best, best_obj, _, _), _ = jax.lax.scan(round_, init, 1 + jnp.arange(cfg.n_candidates))
-    # a restart whose candidates all failed (or that a stop request left empty) gets an unscreened start; EM then
-    # reports it as failed, or stops at once
-    plain = jax.vmap(lambda key: candidate_start(spec, cfg, key, data, opts))(split[:, 0])
-    return keep_where(jnp.isfinite(best_obj), best, plain)
+    init = (empty, neg_inf, jnp.zeros(neg_inf.shape, bool), empty, jnp.asarray(False))
+    (best, best_obj, _, first, _), _ = jax.lax.scan(round_, init, 1 + jnp.arange(cfg.n_candidates))
+    # a restart whose candidates all failed keeps its first candidate's unscreened start (one program fewer to
+    # compile than drawing a fresh one); EM then reports it as failed, or stops at once
+    return keep_where(jnp.isfinite(best_obj), best, first)
 
 
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, start_params) -> HMEParams:
