@@ -34,7 +34,7 @@ def test_too_few_samples_for_the_tree_is_a_clear_error(rng):
 def test_stress_harness_small_run_has_no_failures():
     """Random fits in a worker process under a watchdog: 0 hangs, crashes, unexpected errors, non-finite outputs."""
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "stress.py"), "--fits", "5", "--max-n", "400",
+        [sys.executable, os.path.join(ROOT, "benchmarks", "stress.py"), "--fits", "3", "--max-n", "400",
          "--seed", "3", "--workers", "1", "--timeout", "300"],
         capture_output=True, text=True, timeout=1200,
     )
