@@ -131,7 +131,8 @@ def run_em(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, op
 
     r = iterate(step, params, lambda p: p, jnp.asarray(jnp.nan, dtype), max_iter=cfg.max_iter, tol=opts.tol,
                 dtype=dtype, report=cfg.monitor)
-    return Trace(r.params, r.objective, r.aux, r.history, r.n_iter, r.converged, r.failed)
+    return Trace(params=r.params, objective=r.objective, mean_log_likelihood=r.aux, history=r.history,
+                 n_iter=r.n_iter, converged=r.converged, failed=r.failed)
 
 
 def candidate_start(spec: ModelSpec, cfg, key, data: FitData, opts: FitOptions) -> HMEParams:

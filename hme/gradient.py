@@ -163,8 +163,8 @@ def run_gradient(
                 dtype=dtype, report=cfg.monitor)
     p = from_unconstrained(spec, r.params, opts)
     st = e_step(spec, p, data, opts)
-    return Trace(p, st.objective, st.mean_log_likelihood, r.history, r.n_iter, r.converged, r.failed,
-                   r.n_evaluations)
+    return Trace(params=p, objective=st.objective, mean_log_likelihood=st.mean_log_likelihood, history=r.history,
+                 n_iter=r.n_iter, converged=r.converged, failed=r.failed, n_eval=r.n_evaluations)
 
 
 @jax.jit(static_argnames=("spec", "cfg"))

@@ -101,4 +101,5 @@ def iterate(
     )
     s = jax.lax.while_loop(cond, body, s0)
     params = tree_where(s.failed, s.good, params_of(s.carry))
-    return IterateResult(params, s.carry, s.prev, s.aux, s.hist, s.k, s.evals, s.converged, s.failed)
+    return IterateResult(params=params, carry=s.carry, objective=s.prev, aux=s.aux, history=s.hist, n_iter=s.k,
+                         n_evaluations=s.evals, converged=s.converged, failed=s.failed)

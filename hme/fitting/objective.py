@@ -52,7 +52,8 @@ def e_step(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) 
     ll = jnp.sum(w * j.log_lik)
     joint_ll = ll + _input_log_lik(spec, params, data.design, w)
     obj = (joint_ll - penalty(spec, params, opts)) / total
-    return EStep(obj, ll / total, j.leaf_post * w[:, None], j.gate_log_prob, j.aux)
+    return EStep(objective=obj, mean_log_likelihood=ll / total, leaf_w=j.leaf_post * w[:, None],
+                 gate_log_prob=j.gate_log_prob, aux=j.aux)
 
 
 def batch_objective(spec: ModelSpec, params: HMEParams, design: Design, y, w, total, opts: FitOptions) -> jax.Array:
