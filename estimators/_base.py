@@ -21,6 +21,7 @@ import hme
 from hme import gates as tree_gates
 from hme import model as _model
 from hme.fitting import record_fit
+from hme.grow import single_expert_parameters
 from hme.inference import n_free_parameters, standard_errors
 
 
@@ -95,7 +96,11 @@ class HMEBase(BaseEstimator):
     #: the strength ``alpha="auto"`` stands for (pseudo-observations on the standardised scale)
     _auto_alpha = AUTO_ALPHA
     _parameter_constraints: dict = {
-        "depth": [Interval(numbers.Integral, 1, None, closed="left")],
+        "depth": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "max_leaf_nodes": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "grow_criterion": [StrOptions({"bic", "icl", "validation"})],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "prune": ["boolean"],
         "branching": [Interval(numbers.Integral, 2, None, closed="left"), tuple, list],
         "gate": [str, tuple, list],  # a registered gate family, or one per level (hme.families validates the names)
         "gate_features": [None, list, tuple, np.ndarray],
@@ -122,6 +127,8 @@ class HMEBase(BaseEstimator):
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _tree(self):
+        if self.depth is None:  # growth: the template's tree is replaced step by step (hme.grow)
+            return hme.TreeSpec.complete(1, 2)
         b = self.branching
         if isinstance(b, (list, tuple)) and len(b) != self.depth:
             raise ValueError(f"branching has {len(b)} levels but depth is {self.depth}")
@@ -147,7 +154,13 @@ class HMEBase(BaseEstimator):
         return tuple(out)
 
     def _n_parameters(self, spec):
+        if spec is getattr(self, "_spec", None) and self._single_expert():
+            return single_expert_parameters(spec)
         return n_free_parameters(spec)
+
+    def _single_expert(self) -> bool:
+        """Growth kept one expert (held as a two-leaf tree with identical experts and a uniform gate)."""
+        return getattr(self, "grown_structure_", None) == ()
 
     def _check_min_samples(self, n, spec):
         k = self._n_parameters(spec)
@@ -185,12 +198,72 @@ class HMEBase(BaseEstimator):
             return AUTO_GATE_ALPHA
         return AUTO_GATE_ALPHA * np.concatenate([[1.0], _input_variances(X, sample_weight, spec.gate_features)])
 
+    def _engine_options(self, X, Y, sample_weight, spec, var_floor, start):
+        """The core's keyword arguments for ``spec``: the ridges translated to it (``alpha`` on the standardised
+        scale, towards the pooled fit; the gates' ridge) and the fitting options."""
+        alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
+        gate_alpha = self._gate_ridge(X, sample_weight, spec)
+        return dict(sample_weight=sample_weight, init_params=self.init_params, start_params=start, coef_target=target,
+                    n_init=1 if start is not None else self.n_init, n_candidates=self.n_candidates,
+                    max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
+                    verbose=int(bool(self.verbose)))
+
+    def _run_engine(self, spec, X, Y, seed, **options):
+        with precision_scope(X.dtype):
+            if self.solver == "gradient":
+                return hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
+                                        batch_size=self.batch_size, random_state=seed, **options)
+            return hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, random_state=seed, **options)
+
+    def _grow(self, X, Y, sample_weight, template, var_floor, seed):
+        """Grow the tree (:func:`hme.grow.grow_tree`); returns (spec, result) and sets ``growth_path_``."""
+        from hme.grow import grow_tree
+
+        def fit(Xf, Yf, wf):
+            return lambda spec, start: self._run_engine(
+                spec, Xf, Yf, seed, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+
+        base = self._engine_options(X, Y, sample_weight, template, var_floor, None)
+        local = {k: base[k] for k in ("n_candidates", "max_iter", "tol", "alpha", "gate_alpha", "var_floor",
+                                      "coef_target")}
+        local.update(random_state=seed, gate_solver=self.gate_solver)
+        rows = np.arange(X.shape[0])
+        validation = None
+        if self.grow_criterion == "validation":
+            rng = np.random.default_rng(seed)
+            n_val = int(np.ceil(self.validation_fraction * X.shape[0]))
+            if X.shape[0] - n_val < 2 or n_val < 1:
+                raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training or validation "
+                                 f"rows of {X.shape[0]}")
+            perm = rng.permutation(X.shape[0])
+            rows, val = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+            validation = (X[val], Y[val], np.asarray(sample_weight, np.float64)[val])
+        with precision_scope(X.dtype):
+            grown = grow_tree(template, X[rows], Y[rows], sample_weight=sample_weight[rows], gate=self.gate,
+                              max_leaf_nodes=self.max_leaf_nodes, criterion=self.grow_criterion,
+                              validation=validation, prune=self.prune,
+                              fit=fit(X[rows], Y[rows], sample_weight[rows]), local_options=local)
+        self.growth_path_ = [step._asdict() for step in grown.path]
+        self.grown_structure_ = grown.structure
+        result = grown.result
+        if validation is not None:  # the chosen tree, refitted on every row from the grown parameters
+            result = fit(X, Y, sample_weight)(grown.spec, jax.device_get(result.params))
+        return grown.spec, result
+
     def _fit_core(self, X, Y, sample_weight, spec, var_floor=None):
-        """Translate the hyperparameters, run the chosen engine, store its :class:`hme.fitting.FitRecord` as
-        fitted attributes (``name_``) and warn about what the record shows."""
+        """Translate the hyperparameters, run the chosen engine (or grow the tree, ``depth=None``), store its
+        :class:`hme.fitting.FitRecord` as fitted attributes (``name_``) and warn about what the record shows."""
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        warm = self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec
-        start = self._params_jax() if warm else None
+        if self.solver != "gradient" and self.batch_size is not None:
+            raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
+        for name in ("growth_path_", "grown_structure_"):  # a refit with a fixed depth drops an earlier growth
+            self.__dict__.pop(name, None)
+        if self.depth is None:
+            spec, res = self._grow(X, Y, sample_weight, spec, var_floor, seed)
+        else:
+            warm = self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec
+            options = self._engine_options(X, Y, sample_weight, spec, var_floor, self._params_jax() if warm else None)
+            res = self._run_engine(spec, X, Y, seed, **options)
         alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
         gate_alpha = self._gate_ridge(X, sample_weight, spec)
         self.expert_coef_target_ = None if target is None else target.astype(X.dtype)
@@ -198,20 +271,10 @@ class HMEBase(BaseEstimator):
         a = np.asarray(alpha, np.float64)
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
                              gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
-        common = dict(sample_weight=sample_weight, init_params=self.init_params, start_params=start,
-                      coef_target=target, n_init=1 if warm else self.n_init, n_candidates=self.n_candidates,
-                      random_state=seed, max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha,
-                      var_floor=var_floor, verbose=int(bool(self.verbose)))
-        if self.solver != "gradient" and self.batch_size is not None:
-            raise ValueError("batch_size applies to solver='gradient' with optimizer='adam'")
         with precision_scope(X.dtype):
-            if self.solver == "gradient":
-                res = hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
-                                       batch_size=self.batch_size, **common)
-            else:
-                res = hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, **common)
             record = record_fit(spec, res, X, Y, sample_weight)
         self._spec = spec
+        self.tree_ = spec.tree
         for name, value in record._asdict().items():
             setattr(self, name + "_", value)
         self._report_fit()
@@ -479,7 +542,7 @@ class HMEBase(BaseEstimator):
     @property
     def n_leaves_(self):
         check_is_fitted(self, "params_")
-        return self._spec.tree.n_leaves
+        return 1 if self._single_expert() else self._spec.tree.n_leaves
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -87,6 +87,7 @@ def save_estimator(est, path) -> None:
             "best_restart_": est.best_restart_,
             "y_1d": bool(getattr(est, "_y_1d", True)),
             "n_outputs_": int(getattr(est, "n_outputs_", 1)),
+            **({"grown_structure_": _nested_lists(est.grown_structure_)} if hasattr(est, "grown_structure_") else {}),
         },
     }
     g, e = est.params_
@@ -184,6 +185,8 @@ def load(path):
         setattr(est, k, f[k])
     est._y_1d = f["y_1d"]
     est.lower_bounds_ = arrays["lower_bounds_"]
+    if "grown_structure_" in f:  # a grown tree (depth=None)
+        est.grown_structure_ = _tuplify(f["grown_structure_"])
     for name in ("x_min_", "x_max_", "expert_input_min_", "expert_input_max_"):
         if name in arrays:
             setattr(est, name, arrays[name])

@@ -37,6 +37,10 @@ class HMEClassifier(ClassifierMixin, HMEBase):
         self,
         depth=2,
         branching=2,
+        max_leaf_nodes=None,
+        grow_criterion="bic",
+        validation_fraction=0.1,
+        prune=True,
         gate="softmax",
         gate_features=None,
         expert_features=None,
@@ -61,6 +65,10 @@ class HMEClassifier(ClassifierMixin, HMEBase):
     ):
         self.depth = depth
         self.branching = branching
+        self.max_leaf_nodes = max_leaf_nodes
+        self.grow_criterion = grow_criterion
+        self.validation_fraction = validation_fraction
+        self.prune = prune
         self.gate = gate
         self.gate_features = gate_features
         self.expert_features = expert_features

@@ -23,10 +23,19 @@ class HMERegressor(RegressorMixin, HMEBase):
 
     Parameters
     ----------
-    depth : int, default=2
-        Levels of gates (a binary depth-4 tree has 16 experts).
+    depth : int or None, default=2
+        Levels of gates (a binary depth-4 tree has 16 experts). None grows the tree instead (:mod:`hme.grow`):
+        from one expert, binary splits best-first while ``grow_criterion`` improves, then pruning.
     branching : int or tuple of int, default=2
-        Children per gate, or per level.
+        Children per gate, or per level (fixed trees).
+    max_leaf_nodes : int or None, default=None
+        With ``depth=None``: at most this many experts (None: as many as the criterion supports).
+    grow_criterion : {"bic", "icl", "validation"}, default="bic"
+        What a split or a pruning must improve: BIC, ICL, or the log-likelihood of ``validation_fraction`` of
+        the rows held out (the final tree is then refitted on all rows).
+    validation_fraction : float, default=0.1
+    prune : bool, default=True
+        After growth, collapse gates over leaves into one expert while the criterion improves.
     gate : str or tuple of str, default="softmax"
         A gate family registered in :mod:`hme.families`: "softmax" (multinomial logit on the inputs), "laplace"
         (distance to learned keys), "gaussian" (a Gaussian mixture on the inputs), or one per-level family per
@@ -103,6 +112,10 @@ class HMERegressor(RegressorMixin, HMEBase):
         self,
         depth=2,
         branching=2,
+        max_leaf_nodes=None,
+        grow_criterion="bic",
+        validation_fraction=0.1,
+        prune=True,
         gate="softmax",
         expert="gaussian",
         covariance_type="full",
@@ -131,6 +144,10 @@ class HMERegressor(RegressorMixin, HMEBase):
     ):
         self.depth = depth
         self.branching = branching
+        self.max_leaf_nodes = max_leaf_nodes
+        self.grow_criterion = grow_criterion
+        self.validation_fraction = validation_fraction
+        self.prune = prune
         self.gate = gate
         self.expert = expert
         self.covariance_type = covariance_type

@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import gates as _gates
 from . import monitor as _monitor
@@ -298,3 +299,48 @@ def fit_em(
                     n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params), monitored,
                            max_iter, verbose, "EM", n_init)
+
+
+@jax.jit(static_argnames=("spec", "cfg"))
+def _fit_each_weighting(spec, cfg, X, y, W, keys, opts):
+    return jax.vmap(lambda w, k: _fit(spec, cfg, X, y, w, k, opts, None))(W, keys)
+
+
+def fit_em_weightings(
+    spec: ModelSpec,
+    X,
+    y,
+    weights,
+    *,
+    n_init: int = 1,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
+    random_state=0,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    alpha=DEFAULT_ALPHA,
+    gate_alpha=DEFAULT_GATE_ALPHA,
+    var_floor=None,
+    coef_target=None,
+    gate_solver: str = "newton",
+) -> EMResult:
+    """F independent EM fits of one model to the same rows under F sample weightings, ``weights`` (F, n), run
+    under one ``vmap`` in one compiled program (e.g. the candidate splits of every leaf of a growing tree, each
+    fitted to its leaf's posterior-weighted rows). Each fit is :func:`fit_em` with ``sample_weight=weights[f]``
+    and the default emEM start; the result's arrays carry a leading axis F. ``var_floor`` is relative to the
+    unweighted variance of each output."""
+    if gate_solver not in GATE_SOLVERS:
+        raise ValueError(f"gate_solver must be one of {GATE_SOLVERS}")
+    W = np.asarray(weights, np.float64)
+    n = np.shape(X)[0] if np.ndim(X) == 2 else -1
+    if W.ndim != 2 or W.shape[1] != n or W.shape[0] < 1:
+        raise ValueError(f"weights must have shape (n_fits, n_samples={n}), got {W.shape}")
+    if not np.all(np.isfinite(W)) or np.any(W < 0) or not np.all(W.sum(axis=1) > 0):
+        raise ValueError("every weighting must be finite and non-negative with a positive sum")
+    p = prepare_fit(spec, X, y, n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
+    F = W.shape[0]
+    W = jnp.asarray(np.pad(W, ((0, 0), (0, p.X.shape[0] - n))), p.X.dtype)
+    keys = jax.vmap(lambda k: jax.random.split(k, int(n_init)))(jax.random.split(p.keys[0], F))
+    cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), gate_solver=gate_solver,
+                    n_candidates=check_n_candidates(n_candidates))
+    return _fit_each_weighting(spec, cfg, p.X, p.y, W, keys, p.opts)

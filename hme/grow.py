@@ -1,0 +1,389 @@
+r"""Growing and pruning the tree: "to whatever depth helps".
+
+Growth starts from one expert and splits leaves best-first (in the spirit of Waterhouse & Robinson 1996,
+"Constructive algorithms for hierarchical mixtures of experts", and Fritsch, Finke & Waibel 1997, "Adaptively
+growing hierarchical mixtures of experts"). At each step, for the current tree with leaf posteriors h_tl:
+
+1. **Candidate splits of every leaf at once.** Leaf l's rows, weighted by ``w_t h_tl``, get a local two-expert
+   fit (a new binary gate over two experts; the default emEM start), all leaves in one vmapped program
+   (:func:`hme.em.fit_em_weightings`). Its gain is the local log-likelihood minus what leaf l's own expert
+   scores on the same weighted rows,
+
+   .. math::  Δ_l = \sum_t w_t h_{tl} \log p_{\text{split}}(y_t \mid x_t) - \sum_t w_t h_{tl} \log p_l(y_t \mid x_t),
+
+   the increase of the expected complete-data log-likelihood with the rest of the tree held fixed.
+2. **The best split is tried in the whole tree**: the leaf is replaced by the local gate and its two experts,
+   every other gate and expert keeps its parameters, and EM runs on the whole tree from there and, separately,
+   from the default emEM start of the new tree; the higher objective of the two stands. The split is kept
+   when the criterion improves: BIC (``-2 log L + k log n``), ICL (BIC plus twice the posterior entropy,
+   Biernacki, Celeux & Govaert 2000) or the held-out log-likelihood (``-2 Σ log p`` on validation rows). When
+   it does not, the next-best leaf whose estimated gain still pays for its parameters is tried.
+3. Growth stops when no split improves the criterion or at ``max_leaf_nodes``. **Pruning** then collapses any
+   gate whose children are all leaves into its heavier child while that improves the criterion (Waterhouse &
+   Robinson 1995, "Pruning and growing hierarchical mixtures of experts").
+
+Trees grow irregular (one branch deeper than another). The local fits share one compiled program for the whole
+growth (the leaf axis is padded to ``max_leaf_nodes``); each distinct tree compiles its own EM program. Gate
+families may differ per level (a per-level tuple; levels below its end use its last family); Gaussian gates,
+which model the inputs jointly, define a single gate and do not grow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from .em import fit_em, fit_em_weightings
+from .families import gate_family
+from .fitting import EMResult
+from .inference import n_free_parameters
+from .model import log_likelihood, make_design, posteriors, prepare_targets
+from .params import ExpertParams, GateParams, HMEParams, zeros_params
+from .spec import ModelSpec
+from .tree import TreeSpec
+
+CRITERIA = ("bic", "icl", "validation")
+#: a binary gate over two leaves
+SPLIT = ((), ())
+#: next-best splits tried in the whole tree, at most, after the best one failed the criterion
+MAX_TRIES = 2
+
+
+# -- tree surgery on nested structures --------------------------------------------------------------------
+
+
+def node_paths(structure: tuple) -> tuple[list, list]:
+    """(gate paths in level order, leaf paths left to right): a node's path is its tuple of child slots from the
+    root, the numbering :class:`hme.tree.TreeSpec` gives its gates and leaves."""
+    gates, queue = [], [((), structure)]
+    while queue:
+        path, node = queue.pop(0)
+        if node != ():
+            gates.append(path)
+            queue += [(path + (c,), child) for c, child in enumerate(node)]
+    leaves = []
+
+    def dfs(path, node):
+        if node == ():
+            leaves.append(path)
+        for c, child in enumerate(node):
+            dfs(path + (c,), child)
+
+    dfs((), structure)
+    return gates, leaves
+
+
+def replace_node(structure: tuple, path: tuple, new: tuple) -> tuple:
+    """``structure`` with the node at ``path`` replaced by ``new``."""
+    if not path:
+        return new
+    c = path[0]
+    return structure[:c] + (replace_node(structure[c], path[1:], new),) + structure[c + 1 :]
+
+
+def _gather(gate_rows: list, leaf_rows: list) -> HMEParams:
+    """Parameters assembled row by row: ``gate_rows`` [(GateParams, index)] in level order, ``leaf_rows``
+    [(ExpertParams, index)] left to right."""
+
+    def stack(rows, cls):
+        fields = {}
+        for f in cls._fields:
+            first = getattr(rows[0][0], f)
+            fields[f] = None if first is None else np.stack([np.asarray(getattr(p, f))[i] for p, i in rows])
+        return cls(**fields)
+
+    return HMEParams(stack(gate_rows, GateParams), stack(leaf_rows, ExpertParams))
+
+
+# -- the model at each step ------------------------------------------------------------------------------
+
+
+class GrowthStep(NamedTuple):
+    """One step of the growth path: the tree tried and what it scored."""
+
+    action: str  # "start", "split leaf <path>", "prune gate <path>"
+    structure: tuple  # the tree tried (``()`` for the single expert)
+    n_leaves: int
+    n_parameters: int
+    log_likelihood: float  # training Σ_t w_t log p(y_t | x_t)
+    validation_log_likelihood: float  # NaN without validation rows
+    criterion: float  # lower is better
+    accepted: bool
+    seconds: float
+
+
+class GrowthResult(NamedTuple):
+    """The grown tree: its structure (``()`` when a single expert won), the spec and EM fit of the final tree
+    (for a single expert a two-leaf tree whose experts are identical and whose gate is uniform, which is that
+    expert), and the growth path."""
+
+    structure: tuple
+    spec: ModelSpec
+    result: EMResult
+    path: list
+
+
+@dataclasses.dataclass
+class _Candidate:
+    structure: tuple  # () for a single expert
+    spec: ModelSpec
+    result: EMResult
+    k: int
+    ll: float
+    val_ll: float
+    criterion: float
+
+
+def single_expert_parameters(spec: ModelSpec) -> int:
+    """Free parameters of one expert of ``spec``'s families (coefficients and its noise), for BIC."""
+    two = dataclasses.replace(spec, tree=TreeSpec(SPLIT), gate=gate_at_level(spec.gate, 0))
+    noise = spec.expert_family.n_noise_parameters(two)
+    return (spec.n_expert_features + 1) * spec.n_expert_outputs + (noise if spec.shared_covariance else noise // 2)
+
+
+def gate_at_level(gate, level: int) -> str:
+    """The gate family of ``level`` for a gate given as a name or a per-level tuple (its last entry repeats)."""
+    if isinstance(gate, str):
+        return gate
+    return gate[min(level, len(gate) - 1)]
+
+
+class Grower:
+    """The state of one growth: data, options, and how to fit a tree from a start (see :func:`grow_tree`)."""
+
+    def __init__(self, template: ModelSpec, gate, X, y, w, fit: Callable, local_options: dict, criterion: str,
+                 validation: tuple | None, max_leaf_nodes: int):
+        self.template, self.gate, self.fit, self.local_options = template, gate, fit, local_options
+        self.X, self.y, self.w = X, y, w
+        self.criterion_name, self.validation, self.max_leaf_nodes = criterion, validation, max_leaf_nodes
+        self.n_eff = float(np.sum(w))
+        self.path: list[GrowthStep] = []
+
+    def spec_for(self, structure: tuple) -> ModelSpec:
+        tree = TreeSpec(structure)
+        if isinstance(self.gate, str):
+            gate = self.gate
+        else:
+            gate = tuple(gate_at_level(self.gate, lv) for lv in range(tree.depth))
+        return dataclasses.replace(self.template, tree=tree, gate=gate)
+
+    def n_parameters(self, structure: tuple) -> int:
+        if structure != ():
+            return n_free_parameters(self.spec_for(structure))
+        return single_expert_parameters(self.spec_for(SPLIT))
+
+    def score(self, structure: tuple, spec: ModelSpec, result: EMResult, action: str, t0: float) -> _Candidate:
+        params = jax.device_get(result.params)
+        ll = float(result.log_likelihood)
+        k = self.n_parameters(structure)
+        crit = float(-2.0 * ll + k * np.log(self.n_eff))
+        val_ll = float("nan")
+        if self.validation is not None:
+            Xv, yv, wv = self.validation
+            val_ll = float(np.sum(wv * np.asarray(log_likelihood(spec, params, Xv, yv))))
+        if self.criterion_name == "icl" and structure != ():
+            h = np.asarray(posteriors(spec, params, self.X, self.y)["leaf"], np.float64)
+            crit += 2.0 * float(-np.sum(self.w[:, None] * np.where(h > 0, h * np.log(np.where(h > 0, h, 1)), 0)))
+        elif self.criterion_name == "validation":
+            crit = -2.0 * val_ll
+        cand = _Candidate(structure, spec, result, k, ll, val_ll, crit)
+        self.path.append(GrowthStep(action=action, structure=structure, n_leaves=max(len(node_paths(structure)[1]), 1),
+                                    n_parameters=k, log_likelihood=ll, validation_log_likelihood=val_ll,
+                                    criterion=crit, accepted=False, seconds=time.perf_counter() - t0))
+        return cand
+
+    def accept(self):
+        self.path[-1] = self.path[-1]._replace(accepted=True)
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    def single_expert(self) -> _Candidate:
+        """One expert: a two-leaf tree started with identical experts and a uniform gate, which EM keeps
+        identical (the symmetric start is a fixed point of the posteriors), so it fits the single expert."""
+        t0 = time.perf_counter()
+        spec = self.spec_for(SPLIT)
+        dtype = np.asarray(self.X).dtype
+        res = self.fit(spec, zeros_params(spec, dtype))
+        return self.score((), spec, res, "start", t0)
+
+    def leaf_gains(self, cur: _Candidate) -> tuple[list, np.ndarray, EMResult, list]:
+        """(leaf paths, Δ_l per leaf, the local fits, which gate family each local fit used)."""
+        params = jax.device_get(cur.result.params)
+        spec = cur.spec
+        if cur.structure == ():
+            paths = [()]
+            h = np.ones((self.X.shape[0], 1))
+            experts = jax.tree_util.tree_map(lambda a: a[:1], params.experts)
+        else:
+            paths = node_paths(cur.structure)[1]
+            h = np.asarray(posteriors(spec, params, self.X, self.y)["leaf"], np.float64)
+            experts = params.experts
+        design = make_design(spec, np.asarray(self.X))
+        Y = prepare_targets(spec, np.asarray(self.y), np.asarray(self.X).dtype)
+        own = np.asarray(spec.expert_family.log_prob(spec, experts, design.expert, Y)[0], np.float64)  # (n, L)
+        W = (self.w[:, None] * h).T  # (L, n)
+        base = np.sum(W * own.T, axis=1)
+        gains = np.full(len(paths), -np.inf)
+        local = [None] * len(paths)
+        families = [gate_at_level(self.gate, len(p)) for p in paths]
+        for fam in sorted(set(families)):
+            idx = [i for i, f in enumerate(families) if f == fam]
+            Wf = W[idx]
+            # the leaf axis padded to the cap (one compiled program for the whole growth), or without a cap to
+            # the next power of two
+            width = self.max_leaf_nodes if np.isfinite(self.max_leaf_nodes) else 2 ** int(np.ceil(np.log2(len(idx))))
+            pad = int(width) - len(idx)
+            if pad > 0:
+                Wf = np.concatenate([Wf, np.repeat(Wf[:1], pad, axis=0)])
+            ok = Wf.sum(axis=1) > 0
+            Wf[~ok] = self.w  # an empty leaf: any valid weighting, its gain stays -inf
+            lspec = dataclasses.replace(self.template, tree=TreeSpec(SPLIT), gate=fam)
+            res = jax.device_get(fit_em_weightings(lspec, self.X, self.y, Wf, **self.local_options))
+            for j, i in enumerate(idx):
+                local[i] = (res, j)
+                healthy = np.all(np.asarray(res.restart_leaf_count)[j, int(res.best_restart[j])] >= 1.0) and ok[j]
+                if healthy and np.isfinite(res.log_likelihood[j]):
+                    gains[i] = float(res.log_likelihood[j]) - base[i]
+        return paths, gains, local, families
+
+    def split(self, cur: _Candidate, path: tuple, local) -> _Candidate:
+        t0 = time.perf_counter()
+        res, j = local
+        lp = jax.tree_util.tree_map(lambda a: None if a is None else np.asarray(a)[j], res.params,
+                                    is_leaf=lambda a: a is None)
+        if cur.structure == ():
+            structure, start = SPLIT, lp
+        else:
+            structure = replace_node(cur.structure, path, SPLIT)
+            old = jax.device_get(cur.result.params)
+            og, ol = node_paths(cur.structure)
+            ng, nl = node_paths(structure)
+            gate_rows = [(old.gates, og.index(g)) if g in og else (lp.gates, 0) for g in ng]
+            leaf_rows = [(old.experts, ol.index(leaf)) if leaf in ol else (lp.experts, leaf[-1]) for leaf in nl]
+            start = _gather(gate_rows, leaf_rows)
+        spec = self.spec_for(structure)
+        return self.score(structure, spec, self.refit(spec, start), f"split leaf {path}", t0)
+
+    def refit(self, spec: ModelSpec, start: HMEParams) -> EMResult:
+        """The tree fitted twice, from the assembled start and from the default (emEM) start, keeping the higher
+        objective: EM from an assembled start can stay in the basin the smaller tree left it (a split placed
+        where a later one fits better), while the fresh start sees the whole tree at once."""
+        a = self.fit(spec, start)
+        b = self.fit(spec, None)
+        return b if float(b.objective) > float(a.objective) else a
+
+    def collapse(self, cur: _Candidate, path: tuple) -> _Candidate:
+        """The gate at ``path`` (all of whose children are leaves) replaced by its heavier child's expert."""
+        t0 = time.perf_counter()
+        params = jax.device_get(cur.result.params)
+        og, ol = node_paths(cur.structure)
+        h = np.asarray(posteriors(cur.spec, params, self.X, self.y)["leaf"], np.float64)
+        mass = self.w @ h
+        children = [ol.index(leaf) for leaf in ol if leaf[:-1] == path]
+        keep = children[int(np.argmax(mass[children]))]
+        structure = replace_node(cur.structure, path, ())
+        if structure == ():
+            return self.single_expert()
+        ng, nl = node_paths(structure)
+        gate_rows = [(params.gates, og.index(g)) for g in ng]
+        leaf_rows = [(params.experts, keep if leaf == path else ol.index(leaf)) for leaf in nl]
+        spec = self.spec_for(structure)
+        return self.score(structure, spec, self.refit(spec, _gather(gate_rows, leaf_rows)), f"prune gate {path}",
+                          t0)
+
+
+def grow_tree(
+    template: ModelSpec,
+    X,
+    y,
+    *,
+    sample_weight=None,
+    gate=None,
+    max_leaf_nodes: int | None = 8,
+    criterion: str = "bic",
+    validation: tuple | None = None,
+    prune: bool = True,
+    fit: Callable | None = None,
+    local_options: dict | None = None,
+) -> GrowthResult:
+    r"""Grow (and prune) an HME's tree by the algorithm of this module's docstring.
+
+    Parameters
+    ----------
+    template : ModelSpec whose tree is ignored: features, expert family, outputs and covariance carry over
+    X : (n, p); y as :func:`hme.fit_em` takes it; sample_weight : (n,) frequency weights
+    gate : a gate family name or a per-level tuple (default: ``template.gate``)
+    max_leaf_nodes : at most this many leaves (None: as many as the criterion supports)
+    criterion : "bic", "icl" or "validation" (then ``validation=(X_val, y_val, w_val)`` is required); lower wins
+    prune : collapse gates over leaves while the criterion improves, once growth stops
+    fit : ``fit(spec, start_params) -> EMResult``, the whole-tree fit from a start, or from the default start
+        when ``start_params`` is None (default :func:`hme.fit_em` on X, y, sample_weight with its defaults)
+    local_options : keyword arguments of the local split fits (:func:`hme.em.fit_em_weightings`: ridges,
+        ``max_iter``, ``tol``, ``n_candidates``...)
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if criterion == "validation" and validation is None:
+        raise ValueError("criterion='validation' needs validation=(X_val, y_val, w_val)")
+    if max_leaf_nodes is not None and not (isinstance(max_leaf_nodes, (int, np.integer)) and max_leaf_nodes >= 1):
+        raise ValueError(f"max_leaf_nodes must be a positive integer, got {max_leaf_nodes!r}")
+    gate = template.gate if gate is None else gate
+    for lv in range(2):
+        if gate_family(gate_at_level(gate, lv)).models_inputs:
+            raise ValueError(f"gate={gate!r} models the inputs and defines a single gate: it cannot grow a tree")
+    X = np.asarray(X)
+    w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if fit is None:
+        def fit(spec, start):
+            return fit_em(spec, X, y, sample_weight=w, start_params=start)
+    cap = np.inf if max_leaf_nodes is None else int(max_leaf_nodes)
+    g = Grower(template, gate, X, y, w, fit, dict(local_options or {}), criterion, validation, cap)
+    cur = g.single_expert()
+    g.accept()
+    while len(node_paths(cur.structure)[1]) < max_leaf_nodes:
+        paths, gains, local, _ = g.leaf_gains(cur)
+        grown = None
+        tries = 0
+        for i in np.argsort(-gains):
+            if not np.isfinite(gains[i]):
+                break
+            k_new = g.n_parameters(SPLIT if cur.structure == () else replace_node(cur.structure, paths[i], SPLIT))
+            pays = 2.0 * gains[i] > (k_new - cur.k) * np.log(g.n_eff) if criterion != "validation" else gains[i] > 0
+            if tries and not pays:
+                break
+            cand = g.split(cur, paths[i], local[i])
+            tries += 1
+            if cand.criterion < cur.criterion:
+                g.accept()
+                grown = cand
+                break
+            if tries > MAX_TRIES:
+                break
+        if grown is None:
+            break
+        cur = grown
+    while prune and cur.structure != ():
+        gates = node_paths(cur.structure)[0]
+        leaves = set(node_paths(cur.structure)[1])
+        over_leaves = [p for p in gates if all(p + (c,) in leaves for c in range(len(_node(cur.structure, p))))]
+        best = None
+        for p in over_leaves:
+            cand = g.collapse(cur, p)
+            if cand.criterion < cur.criterion and (best is None or cand.criterion < best[0].criterion):
+                best = (cand, len(g.path) - 1)
+        if best is None:
+            break
+        cur = best[0]
+        g.path[best[1]] = g.path[best[1]]._replace(accepted=True)
+    return GrowthResult(structure=cur.structure, spec=cur.spec, result=cur.result, path=g.path)
+
+
+def _node(structure: tuple, path: tuple) -> tuple:
+    for c in path:
+        structure = structure[c]
+    return structure
