@@ -24,6 +24,8 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
     estimator : HMERegressor or HMEClassifier, default=HMERegressor()
         Template; its other parameters are kept.
     depth, branching, gate : sequences of candidate values
+        ``None`` among the depths adds a grown tree (``depth=None``: growth and pruning by the template's
+        ``grow_criterion``, up to its ``max_leaf_nodes``) as a candidate for each gate; branching does not apply.
     criterion : {"bic", "icl", "cv"}, default="bic"
         BIC and ICL (lower is better) on the training data; "cv": mean held-out log-likelihood per sample over
         ``cv`` folds (higher is better).
@@ -34,7 +36,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
 
     Attributes
     ----------
-    results_ : dict of arrays, one entry per candidate (params, n_parameters, log_likelihood, bic, icl,
+    results_ : dict of arrays, one entry per candidate (params, n_leaves, n_parameters, log_likelihood, bic, icl,
         cv_log_likelihood, converged, n_iter, degenerate (why the returned fit degenerated, '' if healthy),
         fit_time), as ``GridSearchCV.cv_results_``
     best_index_, best_params_, best_estimator_ (fitted on all data): the best healthy candidate; a degenerate one
@@ -65,7 +67,9 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
         if self.criterion not in ("bic", "icl", "cv"):
             raise ValueError(f"criterion must be 'bic', 'icl' or 'cv', got {self.criterion!r}")
         base = HMERegressor() if self.estimator is None else self.estimator
-        grid = list(itertools.product(self.depth, self.branching, self.gate))
+        # depth=None grows the tree (branching does not apply to it): one growth candidate per gate
+        grid = list(dict.fromkeys((d, 2 if d is None else b, g)
+                                  for d, b, g in itertools.product(self.depth, self.branching, self.gate)))
         if not grid:
             raise ValueError("the candidate grid is empty")
         X = np.asarray(X) if not hasattr(X, "iloc") else X
@@ -74,6 +78,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
             k: []
             for k in (
                 "params",
+                "n_leaves",
                 "n_parameters",
                 "log_likelihood",
                 "bic",
@@ -87,6 +92,9 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
         }
         fitted = []
         for depth, branching, gate in grid:
+            if depth is None and gate == "gaussian":
+                raise ValueError("a Gaussian gate defines a single gate and cannot grow: drop None from depth or "
+                                 "'gaussian' from gate")
             params = dict(
                 depth=depth, branching=branching, gate=gate, n_init=self.n_init, random_state=self.random_state
             )
@@ -98,6 +106,7 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
                 est.fit(X, y, sample_weight=sample_weight)
             rows["fit_time"].append(time.perf_counter() - t0)
             rows["params"].append(params)
+            rows["n_leaves"].append(est.n_leaves_)
             rows["n_parameters"].append(est._n_parameters(est._spec))
             rows["log_likelihood"].append(float(est.log_likelihood(X, y).sum()))
             rows["bic"].append(est.bic(X, y))
@@ -156,13 +165,15 @@ class HMESelector(MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "results_")
         r = self.results_
         lines = [
-            f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'k':>5s} {'loglik':>12s} {'BIC':>12s} {'ICL':>12s} "
-            f"{'cv ll/n':>9s} {'conv':>5s} {'degen':>5s}"
+            f"{'':1s} {'depth':>5s} {'branch':>6s} {'gate':>8s} {'leaves':>6s} {'k':>5s} {'loglik':>12s} "
+            f"{'BIC':>12s} {'ICL':>12s} {'cv ll/n':>9s} {'conv':>5s} {'degen':>5s}"
         ]
         for i, p in enumerate(r["params"]):
             mark = "*" if i == self.best_index_ else ""
+            depth, branching = ("grow", "-") if p["depth"] is None else (str(p["depth"]), str(p["branching"]))
             lines.append(
-                f"{mark:1s} {p['depth']:5d} {str(p['branching']):>6s} {p['gate']:>8s} {r['n_parameters'][i]:5d} "
+                f"{mark:1s} {depth:>5s} {branching:>6s} {p['gate']:>8s} "
+                f"{r['n_leaves'][i]:6d} {r['n_parameters'][i]:5d} "
                 f"{r['log_likelihood'][i]:12.3f} {r['bic'][i]:12.3f} {r['icl'][i]:12.3f} "
                 f"{r['cv_log_likelihood'][i]:9.4f} {str(bool(r['converged'][i])):>5s} "
                 f"{'yes' if r['degenerate'][i] else '':>5s}"

@@ -233,6 +233,55 @@ class TreeSpec:
         """For each gate, the flat edge index (g*B + c) leading into it, -1 for the root."""
         return self._tables["parent_edge"]
 
+    @property
+    def children(self) -> np.ndarray:
+        """Node ids of each gate's children, shape (n_gates, max_branching): gates are nodes ``0 … n_gates-1``,
+        leaf l is node ``n_gates + l``, and an unused child slot holds -1 (scikit-learn's ``tree_`` convention)."""
+        out = np.full((self.n_gates, self.max_branching), -1, dtype=np.int64)
+        for g, e in enumerate(self.parent_edge):
+            if e >= 0:
+                out[e // self.max_branching, e % self.max_branching] = g
+        for l, path in enumerate(self.leaf_paths):
+            g, c = path[-1]
+            out[g, c] = self.n_gates + l
+        return out
+
+    @property
+    def parent(self) -> np.ndarray:
+        """Parent gate of every node (gates first, then leaves, numbered as in :attr:`children`); -1 for the root."""
+        out = np.full(self.n_gates + self.n_leaves, -1, dtype=np.int64)
+        for g, kids in enumerate(self.children):
+            out[kids[kids >= 0]] = g
+        return out
+
+    def describe(self) -> str:
+        """The structure as indented text, one node per line, e.g. for ``from_nested([(), [2, 2]])``::
+
+            gate 0
+            ├── leaf 0
+            └── gate 1
+                ├── gate 2
+                │   ├── leaf 1
+                │   └── leaf 2
+                └── gate 3
+                    ├── leaf 3
+                    └── leaf 4
+        """
+        kids = self.children
+        lines = []
+
+        def walk(node: int, prefix: str, last: bool, root: bool) -> None:
+            name = f"gate {node}" if node < self.n_gates else f"leaf {node - self.n_gates}"
+            lines.append(name if root else prefix + ("└── " if last else "├── ") + name)
+            if node < self.n_gates:
+                below = [int(k) for k in kids[node] if k >= 0]
+                inner = "" if root else prefix + ("    " if last else "│   ")
+                for i, k in enumerate(below):
+                    walk(k, inner, i == len(below) - 1, False)
+
+        walk(0, "", True, True)
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         if self.is_complete:
             return f"TreeSpec.complete(depth={self.depth}, branching={self.level_branching})"

@@ -132,3 +132,20 @@ def test_growth_rejects_what_cannot_grow(rng):
         grow_tree(hme.make_spec(1, depth=1), X, y, criterion="aic")
     with pytest.raises(ValueError, match="validation"):
         grow_tree(hme.make_spec(1, depth=1), X, y, criterion="validation")
+
+
+def test_selector_offers_the_grown_tree_as_a_candidate(rng):
+    """depth=None in HMESelector's grid adds one grown tree per gate; on data from the irregular 4-leaf tree its BIC
+    beats the single split, and it is the one picked."""
+    spec, truth = irregular_truth(np.random.default_rng(4))
+    x, y = sample(spec, truth, 1000, rng)
+    sel = hme.HMESelector(hme.HMERegressor(max_leaf_nodes=5), depth=(1, None), branching=(2, 3), gate=("softmax",),
+                          n_init=1, random_state=0).fit(x, y)
+    params = sel.results_["params"]
+    assert [p["depth"] for p in params] == [1, 1, None]  # branching does not multiply the grown candidate
+    grown = params.index(sel.best_params_)
+    assert sel.best_params_["depth"] is None and sel.results_["n_leaves"][grown] >= 4
+    assert sel.results_["bic"][grown] < min(sel.results_["bic"][:2])
+    assert "grow" in sel.table() and sel.best_estimator_.n_leaves_ == sel.results_["n_leaves"][grown]
+    with pytest.raises(ValueError, match="cannot grow"):
+        hme.HMESelector(depth=(None,), gate=("gaussian",)).fit(x, y)

@@ -47,3 +47,23 @@ def test_bad_trees(bad):
         TreeSpec.from_nested([()])
     with pytest.raises(TypeError):
         TreeSpec.from_nested("ab")
+
+
+@pytest.mark.parametrize("tree", [TreeSpec.complete(2, 2), TreeSpec.from_nested([(), [2, 3]]),
+                                  TreeSpec.complete(2, (3, 2))])
+def test_children_and_parent_follow_leaf_paths(tree):
+    """Walking ``children`` from the root along a leaf's path ends at that leaf; ``parent`` inverts ``children``."""
+    kids, parent = tree.children, tree.parent
+    for leaf, path in enumerate(tree.leaf_paths):
+        node = 0
+        for g, c in path:
+            assert node == g
+            node = kids[g, c]
+        assert node == tree.n_gates + leaf
+    used = kids[kids >= 0]
+    assert sorted(used.tolist()) == list(range(1, tree.n_gates + tree.n_leaves))  # every node but the root once
+    assert parent[0] == -1 and all(int(k) in kids[parent[k]] for k in used)
+    np.testing.assert_array_equal(kids >= 0, tree.child_mask)
+    text = tree.describe().splitlines()
+    assert len(text) == tree.n_gates + tree.n_leaves and text[0] == "gate 0"
+    assert sum(line.endswith(f"leaf {i}") for line in text for i in range(tree.n_leaves)) == tree.n_leaves
