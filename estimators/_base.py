@@ -208,20 +208,21 @@ class HMEBase(BaseEstimator):
                     max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
                     verbose=int(bool(self.verbose)))
 
-    def _run_engine(self, spec, X, Y, seed, **options):
+    def _run_engine(self, spec, X, Y, seed, reseed=None, **options):
+        """One fit by the chosen engine; ``reseed`` is EM's re-seeding after the fit (:func:`hme.fit_em`)."""
         with precision_scope(X.dtype):
             if self.solver == "gradient":
                 return hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
                                         batch_size=self.batch_size, random_state=seed, **options)
-            return hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, random_state=seed, **options)
+            return hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, random_state=seed, reseed=reseed, **options)
 
     def _grow(self, X, Y, sample_weight, template, var_floor, seed):
         """Grow the tree (:func:`hme.grow.grow_tree`); returns (spec, result) and sets ``growth_path_``."""
         from hme.grow import grow_tree
 
-        def fit(Xf, Yf, wf):
+        def fit(Xf, Yf, wf):  # growth compares two starts per tree itself: no re-seeding (one program less per tree)
             return lambda spec, start: self._run_engine(
-                spec, Xf, Yf, seed, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+                spec, Xf, Yf, seed, reseed=False, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
 
         base = self._engine_options(X, Y, sample_weight, template, var_floor, None)
         local = {k: base[k] for k in ("n_candidates", "max_iter", "tol", "alpha", "gate_alpha", "var_floor",

@@ -44,10 +44,11 @@ from .fitting import (
     keep_where,
     prepare_fit,
     ranks_higher,
+    replace_best_run,
 )
 from .init import content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
 from .model import edge_mass
-from .params import HMEParams, center_params
+from .params import GateParams, HMEParams, center_params
 from .spec import ModelSpec
 
 GATE_SOLVERS = ("newton", "bound")
@@ -59,6 +60,11 @@ SCREEN_ITER = 10
 #: Screening runs on at most this many rows (a weight-proportional draw when there are more): its cost stays
 #: below ``DEFAULT_N_CANDIDATES · SCREEN_ITER · SCREEN_ROWS / n`` full iterations.
 SCREEN_ROWS = 4096
+#: Gates whose family re-seeds (Laplace): after the restarts, ``RESEED_STARTS`` starts from the best fit with every
+#: such gate's keys re-drawn at data rows that reach the gate (biases 0, experts and other gates kept) run
+#: ``RESEED_ITER`` EM iterations; the best runs to convergence and replaces the fit when its objective is higher.
+RESEED_STARTS = 8
+RESEED_ITER = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +251,7 @@ def fit_em(
     expert_solver: str = "newton",
     verbose: int = 0,
     interruptible: bool = True,
+    reseed: bool | None = None,
 ) -> EMResult:
     r"""Fit an HME by EM.
 
@@ -283,6 +290,10 @@ def fit_em(
     interruptible : for fits whose iterations are expensive (:func:`hme.monitor.worth_monitoring`), report to the
         host every iteration (progress; Ctrl-C stops the compiled loop within one iteration and raises
         ``KeyboardInterrupt`` with nothing left running). False always compiles the bare loop.
+    reseed : re-seed Laplace keys after the fit (trees without Laplace gates: no effect). :data:`RESEED_STARTS`
+        short EM runs start from the best fit with the keys re-drawn at data rows (:func:`reseeded_starts`); the
+        best runs to convergence and replaces the winning restart when its penalised log-likelihood is higher.
+        None (default): on for the default start, off when ``start_params`` is given.
 
     Returns
     -------
@@ -297,8 +308,101 @@ def fit_em(
     cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init_params, gate_solver=gate_solver,
                     expert_solver=expert_solver, user_init=p.user_init, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
-    return _monitor.launch(lambda: _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params), monitored,
-                           max_iter, verbose, "EM", n_init)
+    def run():
+        res = _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params)
+        if not (reseed if reseed is not None else not cfg.user_init) or not reseeds(spec):
+            return res
+        key = jax.random.fold_in(p.keys[0], RESEED_STARTS)
+        alt = _reseed_fit(spec, dataclasses.replace(cfg, monitor=False, n_init=1), p.X, p.y, p.weight, key, p.opts,
+                          res.params)
+        margin = float(reseed_tie(res.objective)) if np.isfinite(float(res.objective)) else 0.0
+        return replace_best_run(res, alt, margin=margin)
+
+    return _monitor.launch(run, monitored, max_iter, verbose, "EM", n_init)
+
+
+def reseed_tie(objective):
+    """Objectives closer than this count as equal when re-seeded runs are compared (with each other and with the
+    fit they challenge): 1e-9 relative in float64, 100 machine epsilons in float32."""
+    dtype = jnp.asarray(objective).dtype
+    return jnp.maximum(1e-9, 100 * jnp.finfo(dtype).eps) * jnp.maximum(1.0, jnp.abs(objective))
+
+
+def reseeds(spec: ModelSpec) -> bool:
+    """Whether the fit is followed by re-seeded runs: trees with more than one gate (their leaves can be arranged
+    in more than one way) and trees with a gate whose family re-seeds its weight rows (Laplace keys)."""
+    return spec.tree.n_gates > 1 or any(fam.reseeds for fam, _ in _gates.gate_groups(spec))
+
+
+def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts: FitOptions, key, n_starts: int):
+    r"""(n_starts, ...) starts built from a fitted ``params`` and its leaf posteriors ``h`` (n, L):
+
+    * **the leaves rearranged**: start s takes the posteriors' columns in a random order π_s (π_0 the identity),
+      and gates and experts are fitted to ``h[:, π_s]`` as a random start is fitted to its clustering
+      (:func:`hme.init.params_from_responsibilities`): the same experts, placed on other leaves, with gates that
+      route to them;
+    * **Laplace keys re-drawn**: the keys of every gate whose family re-seeds are then put at data rows, child by
+      child, drawn ∝ w_t · (mass of the rearranged posteriors reaching the gate) (weight-exact,
+      :func:`hme.init.weighted_draw`), with biases 0.
+
+    Why: EM cannot leave two kinds of stationary point that the start's clusters do not rule out. In a tree of
+    several gates, the right experts can sit on the wrong leaves (siblings that should be cousins), and moving an
+    expert to another subtree is not a local move. A Laplace gate's objective has local maxima in its keys: with
+    one input the logit difference of two children, ``|x - k_1| - |x - k_0| + b``, is a ramp between the keys,
+    flat outside them, and a ramp in the wrong place is a stationary point (the gradient in a key is
+    ``Σ_t r_t sign(k - x_t)``, which the bias cancels)."""
+    st = e_step(spec, params, data, opts)
+    w = data.weight
+    h = st.leaf_w / jnp.maximum(w, jnp.finfo(w.dtype).tiny)[:, None]
+    G, B = params.gates.bias.shape
+    L = h.shape[1]
+    order_key, key = jax.random.split(key)
+    keys = jax.random.split(key, n_starts)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, L))(keys).at[0].set(jnp.arange(L))
+
+    def one(k, perm):
+        resp = h[:, perm]
+        p = params_from_responsibilities(spec, data.design, data.y, w, resp, opts, cfg.gate_solver,
+                                         cfg.expert_solver)
+        node_w = jnp.sum(edge_mass(spec, resp * w[:, None]), -1)  # (n, G)
+        gates = p.gates
+        for fam, idx in _gates.gate_groups(spec):
+            if not fam.reseeds:
+                continue
+            D = _gates.family_design(spec, fam, data.design.gate)
+            order = content_order(order_key, D)
+            gids = jnp.arange(G) if idx is None else jnp.asarray(idx)
+            rows = jax.vmap(lambda kk, g, order=order: weighted_draw(kk, order, node_w[:, g], (B,)))(
+                jax.random.split(k, gids.shape[0]), gids)  # (n_gates of the family, B)
+            gates = GateParams(gates.bias.at[gids].set(0.0), gates.weight.at[gids].set(D[rows]), gates.cov)
+        return HMEParams(gates, p.experts)
+
+    return jax.vmap(one)(keys, perms)
+
+
+@jax.jit(static_argnames=("spec", "cfg"))
+def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
+    """From a fit's ``params`` (raw inputs): :data:`RESEED_STARTS` re-seeded starts (:func:`reseeded_starts`) each
+    run :data:`RESEED_ITER` EM iterations on all rows (the experts are fitted already: a rearrangement or a key
+    that finds its ramp shows at once), and the best of them (healthy first) runs EM to convergence. Returns that
+    run as a one-restart result."""
+    data, x_mean = center_inputs(spec, X, y, w)
+    starts = reseeded_starts(spec, cfg, center_params(spec, params, x_mean, +1.0), data, opts, key, RESEED_STARTS)
+
+    def short_run(p):
+        p = jax.lax.fori_loop(0, RESEED_ITER, lambda _, p: em_step(spec, cfg, p, data, opts)[1], p)
+        obj = e_step(spec, p, data, opts).objective
+        return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf), healthy(spec, p, data, opts)
+
+    ran, obj, ok = jax.vmap(short_run)(starts)
+    rank = jnp.where(ok, obj, jnp.where(jnp.isfinite(obj), -jnp.finfo(obj.dtype).max, -jnp.inf))
+    # the first start within roundoff of the best: equivalent trees (siblings swapped) tie, and the choice among
+    # them must not depend on roundoff (integer weights must fit as repeated rows do)
+    top = jnp.max(rank)
+    first = jnp.argmax(rank >= top - reseed_tie(top))
+    best = jax.tree_util.tree_map(lambda a: a[first][None], ran)
+    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(best)
+    return best_of(spec, traces, data, opts, x_mean)
 
 
 @jax.jit(static_argnames=("spec", "cfg"))

@@ -1,6 +1,6 @@
 """Pictures of fitted HMEs (matplotlib): gates and experts against an input, the predictive distribution, the
-tree, and the EM traces. Every function takes a fitted :class:`hme.HMERegressor` / :class:`hme.HMEClassifier`
-and returns the matplotlib Axes it drew on."""
+tree, the EM traces and a grown tree's path. Every function takes a fitted :class:`hme.HMERegressor` /
+:class:`hme.HMEClassifier` and returns the matplotlib Axes it drew on."""
 
 from __future__ import annotations
 
@@ -148,3 +148,29 @@ def traces(est, ax=None):
     ax.set(xlabel="EM iteration", ylabel="mean log-likelihood (penalised)", title="EM traces")
     ax.legend(fontsize="small")
     return ax
+
+
+def growth_path(est, ax=None):
+    """A grown tree's path (``depth=None``): left, the growth criterion of every tree tried against its number of
+    leaves (accepted trees joined by a line, rejected ones as crosses); right, the training log-likelihood and,
+    with ``grow_criterion="validation"``, the held-out one, of the accepted trees. Returns the two Axes."""
+    path = getattr(est, "growth_path_", None)
+    if not path:
+        raise ValueError("growth_path needs an estimator fitted with depth=None (it has no growth_path_)")
+    ax_c, ax_l = _axes(ax, n=2, figsize=(10, 4))
+    leaves = np.array([s["n_leaves"] for s in path])
+    crit = np.array([s["criterion"] for s in path], dtype=float)
+    kept = np.array([bool(s["accepted"]) for s in path])
+    ax_c.plot(leaves[kept], crit[kept], "o-", color="k", label="accepted")
+    if np.any(~kept):
+        ax_c.plot(leaves[~kept], crit[~kept], "x", color="tab:red", ls="none", label="rejected")
+    ax_c.set(xlabel="leaves", ylabel=f"criterion ({est.grow_criterion}, lower is better)", title="growth path")
+    ax_c.legend(fontsize="small")
+    ll = np.array([s["log_likelihood"] for s in path], dtype=float)
+    ax_l.plot(leaves[kept], ll[kept], "o-", label="training")
+    val = np.array([s["validation_log_likelihood"] for s in path], dtype=float)
+    if np.any(np.isfinite(val[kept])):
+        ax_l.plot(leaves[kept], val[kept], "s--", label="validation")
+    ax_l.set(xlabel="leaves", ylabel="log-likelihood", title="accepted trees")
+    ax_l.legend(fontsize="small")
+    return ax_c, ax_l

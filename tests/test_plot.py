@@ -61,3 +61,26 @@ def test_plots_take_column_names_and_dataframes():
         plot.predictive(reg, X, y, feature="nope")
     plot.tree(reg, X)
     plt.close("all")
+
+
+def test_growth_path_and_grown_tree_plots(rng):
+    """The growth path's points are the estimator's growth_path_; the tree plot draws the irregular grown tree."""
+    import matplotlib.pyplot as plt
+
+    x = rng.uniform(-3, 3, size=(600, 1))
+    y = np.where(x[:, 0] < -1, 2.0, np.where(x[:, 0] < 1, -x[:, 0], 3.0 + x[:, 0])) + 0.2 * rng.normal(size=600)
+    est = hme.HMERegressor(depth=None, max_leaf_nodes=4, random_state=0).fit(x, y)
+    ax_c, ax_l = plot.growth_path(est)
+    kept = [s for s in est.growth_path_ if s["accepted"]]
+    np.testing.assert_array_equal(ax_c.lines[0].get_xdata(), [s["n_leaves"] for s in kept])
+    np.testing.assert_allclose(ax_c.lines[0].get_ydata(), [s["criterion"] for s in kept])
+    np.testing.assert_allclose(ax_l.lines[0].get_ydata(), [s["log_likelihood"] for s in kept])
+    ax = plot.tree(est, x)
+    labels = [t.get_text() for t in ax.texts]
+    assert sum(s.startswith("leaf") for s in labels) == est.tree_.n_leaves
+    fixed = hme.HMERegressor(depth=1, random_state=0).fit(x, y)
+    import pytest
+
+    with pytest.raises(ValueError, match="depth=None"):
+        plot.growth_path(fixed)
+    plt.close("all")

@@ -148,3 +148,55 @@ def test_n_candidates_is_validated():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="n_candidates"):
             hme.fit_em(spec, X, X[:, 0], n_candidates=bad)
+
+
+def _ramp_trap(n, rng):
+    """A 1-input, 2-expert Laplace MoE whose keys are close (a weak ramp between 0.54 and 0.62), its data, and a
+    start with the true experts but the ramp near the data's edge, a stationary point of EM (found by a default
+    fit on 1e5 rows of this model before re-seeding existed)."""
+    spec = hme.make_spec(1, depth=1, gate="laplace")
+    truth = hme.HMEParams(hme.GateParams(np.array([[0.0, -0.175]]), np.array([[[0.537], [0.616]]])),
+                          hme.ExpertParams(np.array([[0.822], [0.971]]), np.array([[[2.883]], [[-1.379]]]),
+                                           np.array([0.196, 0.259]).reshape(2, 1, 1) ** 2))
+    X, y = sample(spec, truth, n, rng)
+    trap = truth._replace(gates=hme.GateParams(np.array([[0.0, -0.136]]), np.array([[[0.868], [0.926]]])))
+    return spec, truth, trap, X, y
+
+
+def test_reseeding_laplace_keys_leaves_a_misplaced_ramp(rng):
+    """EM from the trap stays there, more than 1 nat below the truth; with ``reseed=True`` the runs from re-drawn
+    keys find the ramp and end at or above the truth's log-likelihood."""
+    spec, truth, trap, X, y = _ramp_trap(40_000, rng)
+    lt = total_log_likelihood(spec, truth, X, y)
+    fit = dict(start_params=trap, max_iter=2000, tol=1e-8, random_state=0)
+    stuck = hme.fit_em(spec, X, y, reseed=False, **fit)
+    assert total_log_likelihood(spec, stuck.params, X, y) - lt < -1.0
+    freed = hme.fit_em(spec, X, y, reseed=True, **fit)
+    assert total_log_likelihood(spec, freed.params, X, y) - lt >= 0.0
+    keys = np.sort(np.asarray(freed.params.gates.weight).ravel())
+    np.testing.assert_allclose(keys, [0.537, 0.616], atol=0.1)
+    # the record stays that of one run with the winner in it
+    assert float(freed.restart_objective[int(freed.best_restart)]) == float(freed.objective)
+    h = np.asarray(freed.history)
+    h = h[np.isfinite(h)]
+    assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:]))
+
+
+def test_reseeding_rearranges_experts_on_the_wrong_leaves(rng):
+    """A depth-2 softmax tree over four intervals of x; the trap has the true gates and experts, but the experts of
+    the second and third interval swapped between the subtrees (siblings that should be cousins). EM from it stays
+    far below the truth; the re-seeded runs (leaf posteriors rearranged) reach the truth's log-likelihood."""
+    spec = hme.make_spec(1, depth=2, gate="softmax")
+    s = 20.0
+    gates = hme.GateParams(np.array([[0.0, -0.5 * s], [0.0, -0.25 * s], [0.0, -0.75 * s]]),
+                           np.array([[[0.0], [s]]] * 3))
+    intercept, coef = np.array([[1.0], [-1.0], [2.0], [0.0]]), np.array([[[2.0]], [[3.0]], [[-2.0]], [[1.0]]])
+    truth = hme.HMEParams(gates, hme.ExpertParams(intercept, coef, np.full((4, 1, 1), 0.04)))
+    X, y = sample(spec, truth, 20_000, rng)
+    lt = total_log_likelihood(spec, truth, X, y)
+    swap = [0, 2, 1, 3]
+    trap = truth._replace(experts=hme.ExpertParams(intercept[swap], coef[swap], truth.experts.cov))
+    fit = dict(start_params=trap, max_iter=2000, tol=1e-8, random_state=0)
+    assert total_log_likelihood(spec, hme.fit_em(spec, X, y, reseed=False, **fit).params, X, y) - lt < -100.0
+    freed = hme.fit_em(spec, X, y, reseed=True, **fit)
+    assert total_log_likelihood(spec, freed.params, X, y) - lt >= 0.0

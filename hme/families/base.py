@@ -78,6 +78,9 @@ class GateFamily:
     #: the weight rows are locations in input space (they move when the inputs are shifted, and start at the
     #: centroids of their children's data)
     locations: bool = False
+    #: the M-step's objective has several local maxima in the weight rows (keys that can sit anywhere along the
+    #: data): EM's fit is followed by runs whose rows are re-drawn at data points (:func:`hme.em.fit_em`)
+    reseeds: bool = False
 
     #: parameters of a flat mixture's atoms that the Voronoi-loss theory covers (empty: not covered)
     voronoi_parameters: tuple = ()

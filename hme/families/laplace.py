@@ -184,6 +184,7 @@ def _laplace_m_step(spec, gates, design, log_prob, edge_w, node_w, gate_alpha, m
 class LaplaceGate(GateFamily):
     name = "laplace"
     locations = True
+    reseeds = True
     weight_label = "key"
     weight_site = "gate_key"
     voronoi_parameters = ("gate", "slope", "bias", "var")

@@ -24,7 +24,7 @@ from .problem import (
     prepare_fit,
 )
 from .record import FitRecord, degeneracy, record_fit
-from .restarts import EMResult, Trace, best_of, healthy, keep_where, leaf_health, ranks_higher
+from .restarts import EMResult, Trace, best_of, healthy, keep_where, leaf_health, ranks_higher, replace_best_run
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -40,6 +40,7 @@ __all__ = [
     "Trace",
     "batch_objective",
     "best_of",
+    "replace_best_run",
     "center_inputs",
     "check_finite",
     "check_n_candidates",

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import batched_linalg
 from ..params import HMEParams, center_params
@@ -129,4 +130,32 @@ def best_of(spec: ModelSpec, traces: Trace, data: FitData, opts: FitOptions, x_m
         restart_leaf_count=leaf_count,
         restart_collapsed=collapsed,
         n_evaluations=(traces.n_iter if traces.n_eval is None else traces.n_eval)[best],
+    )
+
+
+def replace_best_run(res: EMResult, alt: EMResult, margin: float = 0.0) -> EMResult:
+    """``res`` with its winning restart replaced by ``alt``'s winner when that ranks higher (:func:`ranks_higher`:
+    healthy first, then an objective higher by more than ``margin``), e.g. a run from re-seeded starts. The
+    returned parameters and record are then ``alt``'s best run's, and so is the winning restart's entry in every
+    ``restart_*`` array, so the record stays that of ``n_init`` runs with the winner among them."""
+    b, a = int(res.best_restart), int(alt.best_restart)
+
+    def health(r, i):
+        count, collapsed = np.asarray(r.restart_leaf_count)[i], np.asarray(r.restart_collapsed)[i]
+        return bool(np.all(count >= 1.0) and not np.any(collapsed))
+
+    obj, alt_obj = float(res.objective), float(alt.objective)
+    if not np.isfinite(alt_obj) or not bool(ranks_higher(alt_obj, health(alt, a), obj + margin, health(res, b))):
+        return res
+    at = lambda r_all, a_all: jnp.asarray(r_all).at[b].set(jnp.asarray(a_all)[a])
+    return res._replace(
+        params=alt.params, objective=alt.objective, log_likelihood=alt.log_likelihood, history=alt.history,
+        n_iter=alt.n_iter, converged=alt.converged, n_evaluations=alt.n_evaluations,
+        restart_objective=at(res.restart_objective, alt.restart_objective),
+        restart_history=at(res.restart_history, alt.restart_history),
+        restart_n_iter=at(res.restart_n_iter, alt.restart_n_iter),
+        restart_converged=at(res.restart_converged, alt.restart_converged),
+        restart_failed=at(res.restart_failed, alt.restart_failed),
+        restart_leaf_count=at(res.restart_leaf_count, alt.restart_leaf_count),
+        restart_collapsed=at(res.restart_collapsed, alt.restart_collapsed),
     )
