@@ -65,6 +65,8 @@ SCREEN_ROWS = 4096
 #: ``RESEED_ITER`` EM iterations; the best runs to convergence and replaces the fit when its objective is higher.
 RESEED_STARTS = 8
 RESEED_ITER = 30
+#: at most this many re-seeding rounds, each from the previous round's winner, while a round improves the fit
+RESEED_ROUNDS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,11 +314,16 @@ def fit_em(
         res = _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params)
         if not (reseed if reseed is not None else not cfg.user_init) or not reseeds(spec):
             return res
-        key = jax.random.fold_in(p.keys[0], RESEED_STARTS)
-        alt = _reseed_fit(spec, dataclasses.replace(cfg, monitor=False, n_init=1), p.X, p.y, p.weight, key, p.opts,
-                          res.params)
-        margin = float(reseed_tie(res.objective)) if np.isfinite(float(res.objective)) else 0.0
-        return replace_best_run(res, alt, margin=margin)
+        one = dataclasses.replace(cfg, monitor=False, n_init=1)
+        for round_ in range(RESEED_ROUNDS):  # again from each new winner, until a round finds nothing better
+            key = jax.random.fold_in(jax.random.fold_in(p.keys[0], RESEED_STARTS), round_)
+            alt = _reseed_fit(spec, one, p.X, p.y, p.weight, key, p.opts, res.params)
+            margin = float(reseed_tie(res.objective)) if np.isfinite(float(res.objective)) else 0.0
+            new = replace_best_run(res, alt, margin=margin)
+            if new is res:
+                break
+            res = new
+        return res
 
     return _monitor.launch(run, monitored, max_iter, verbose, "EM", n_init)
 
