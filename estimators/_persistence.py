@@ -77,6 +77,7 @@ def save_estimator(est, path) -> None:
             "covariance_type": spec.covariance_type,
             "shared_covariance": spec.shared_covariance,
             "laplace_smoothing": spec.laplace_smoothing,
+            "expert_df": spec.expert_df,
         },
         "fitted": {
             "n_iter_": est.n_iter_,
@@ -100,6 +101,8 @@ def save_estimator(est, path) -> None:
     }
     if e.cov is not None:
         arrays["expert_cov"] = e.cov
+    if e.df is not None:  # Student-t degrees of freedom
+        arrays["expert_df"] = e.df
     if g.cov is not None:  # gate families with covariances (Gaussian gates)
         arrays["gate_cov"] = g.cov
     for name in ("x_min_", "x_max_", "expert_input_min_", "expert_input_max_"):
@@ -167,10 +170,12 @@ def load(path):
         covariance_type=s["covariance_type"],
         shared_covariance=s["shared_covariance"],
         laplace_smoothing=s["laplace_smoothing"],
+        expert_df=s.get("expert_df"),
     )
     est.params_ = HMEParams(
         GateParams(arrays["gate_bias"], arrays["gate_weight"], arrays.get("gate_cov")),
-        ExpertParams(arrays["expert_intercept"], arrays["expert_coef"], arrays.get("expert_cov")),
+        ExpertParams(arrays["expert_intercept"], arrays["expert_coef"], arrays.get("expert_cov"),
+                     arrays.get("expert_df")),
     )
     f = meta["fitted"]
     for k in (

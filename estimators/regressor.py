@@ -41,8 +41,12 @@ class HMERegressor(RegressorMixin, HMEBase):
         (distance to learned keys), "gaussian" (a Gaussian mixture on the inputs), or one per-level family per
         level, e.g. ``("softmax", "laplace")``.
     expert : str, default="gaussian"
-        A registered regression expert family: "gaussian" (linear, identity link) or "poisson" (log link,
-        counts).
+        A registered regression expert family: "gaussian" (linear, identity link), "student_t" (linear with
+        Student-t noise: robust to outliers, degrees of freedom per expert; ECM as in Peel & McLachlan 2000) or
+        "poisson" (log link, counts).
+    expert_df : float or None, default=None
+        Student-t experts: fixed degrees of freedom for every expert; None estimates one per expert
+        (``expert_df_``, within [0.5, 200]).
     covariance_type : {"full", "diag", "spherical"}, default="full"
         Noise covariance of Gaussian experts with several outputs.
     shared_covariance : bool, default=False
@@ -105,6 +109,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         "expert": [str],  # a registered regression expert family (checked in fit)
         "covariance_type": [StrOptions({"full", "diag", "spherical"})],
         "shared_covariance": ["boolean"],
+        "expert_df": [None, Interval(numbers.Real, 0, None, closed="neither")],
         "var_floor": [Interval(numbers.Real, 0, None, closed="neither")],
     }
 
@@ -120,6 +125,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         expert="gaussian",
         covariance_type="full",
         shared_covariance=False,
+        expert_df=None,
         gate_features=None,
         expert_features=None,
         alpha="auto",
@@ -152,6 +158,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         self.expert = expert
         self.covariance_type = covariance_type
         self.shared_covariance = shared_covariance
+        self.expert_df = expert_df
         self.gate_features = gate_features
         self.expert_features = expert_features
         self.alpha = alpha
@@ -198,6 +205,7 @@ class HMERegressor(RegressorMixin, HMEBase):
             expert_features=self._resolve_features(self.expert_features, "expert_features"),
             covariance_type=self.covariance_type,
             shared_covariance=self.shared_covariance,
+            expert_df=self.expert_df,
         )
         self._check_min_samples(X.shape[0], spec)
         return self._fit_core(X, Y, sample_weight, spec, self.var_floor)
@@ -225,7 +233,7 @@ class HMERegressor(RegressorMixin, HMEBase):
     def predict_std(self, X):
         """Standard deviation of the predictive mixture (per output)."""
         pi, mu = self._mixture(X)
-        std = predictive.mixture_std(self._spec, self.params_.experts.cov, pi, mu)
+        std = predictive.mixture_std(self._spec, self.params_.experts, pi, mu)
         return std[:, 0] if self._y_1d else std
 
     def predict_quantiles(self, X, q):
@@ -234,7 +242,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         Returns an array of shape (n_samples, len(q)) for one output, (n_samples, n_outputs, len(q)) otherwise.
         """
         pi, mu = self._mixture(X)
-        out = predictive.mixture_quantiles(self._spec, self.params_.experts.cov, pi, mu, q)
+        out = predictive.mixture_quantiles(self._spec, self.params_.experts, pi, mu, q)
         return out[:, 0, :] if self._y_1d else out
 
     def predict_interval(self, X, coverage=0.9):
@@ -248,7 +256,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         """Draws from the predictive distribution: (n, n_samples), or (n, n_outputs, n_samples)."""
         rng = check_random_state(random_state)
         pi, mu = self._mixture(X)
-        draws = predictive.mixture_sample(self._spec, self.params_.experts.cov, pi, mu, n_samples, rng)
+        draws = predictive.mixture_sample(self._spec, self.params_.experts, pi, mu, n_samples, rng)
         return draws[:, 0, :] if self._y_1d else draws
 
     def __sklearn_tags__(self):
@@ -272,8 +280,17 @@ class HMERegressor(RegressorMixin, HMEBase):
         return b[:, 0] if self._y_1d else b
 
     @property
+    def expert_df_(self):
+        """Student-t experts: (n_leaves,) degrees of freedom."""
+        check_is_fitted(self, "params_")
+        if self.params_.experts.df is None:
+            raise AttributeError(f"{self.expert!r} experts have no degrees of freedom")
+        return self.params_.experts.df
+
+    @property
     def expert_var_(self):
-        """Gaussian experts: (n_leaves,) variances for one output, (n_leaves, m, m) covariances otherwise."""
+        """Gaussian experts: (n_leaves,) variances for one output, (n_leaves, m, m) covariances otherwise
+        (Student-t experts: the squared scales, the variance being ν/(ν - 2) times it)."""
         check_is_fitted(self, "params_")
         cov = self.params_.experts.cov
         if cov is None:

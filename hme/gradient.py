@@ -82,8 +82,10 @@ def to_unconstrained(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> di
 
 def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
     """The inverse of :func:`to_unconstrained`; reference entries are fixed at 0."""
-    cov = spec.expert_family.constrained_cov(spec, u, opts.var_floor)
-    return HMEParams(_gates.constrain(spec, u), ExpertParams(u["intercept"], u["coef"], cov))
+    fam = spec.expert_family
+    cov = fam.constrained_cov(spec, u, opts.var_floor)
+    df = fam.constrained_df(spec, u, u["intercept"].dtype)
+    return HMEParams(_gates.constrain(spec, u), ExpertParams(u["intercept"], u["coef"], cov, df))
 
 
 # -- objective and optimisation loop ---------------------------------------------------------------------

@@ -103,7 +103,7 @@ def canonicalize(spec: ModelSpec, params: HMEParams, x_ref) -> HMEParams:
             cov[gn, :k] = np.asarray(g.cov)[go, sig]
     L = spec.tree.n_leaves
     perm = np.array([new_of_old_leaf[l] for l in range(L)])
-    ex = ExpertParams(e.intercept[perm], e.coef[perm], None if e.cov is None else e.cov[perm])
+    ex = ExpertParams(*(None if a is None else a[perm] for a in e))
     cast = lambda a: None if a is None else jnp.asarray(a, np.asarray(params.experts.coef).dtype)
     return HMEParams(GateParams(cast(bias), cast(weight), cast(cov)), jax.tree_util.tree_map(cast, ex))
 
@@ -178,6 +178,12 @@ def _parameter_map(spec, params, feature_names=None):
                         for l in grp:
                             src_cov[l, a, b] = src_cov[l, b, a] = idx
         srcs.append(src_cov)
+    if params.experts.df is not None:  # Student-t degrees of freedom: free unless the spec fixes them
+        src_df = -np.ones(params.experts.df.shape, int)
+        if spec.expert_df is None:
+            for l in range(t.n_leaves):
+                src_df[l] = take(f"leaf {l}: df")
+        srcs.append(src_df)
     theta = np.zeros(counter[0], np.asarray(leaves[0]).dtype)
     for src, arr in zip(srcs, leaves, strict=True):
         a = np.asarray(arr)

@@ -147,11 +147,9 @@ def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="ne
     leaf_w = resp * w[:, None]
     leaf_gram = weighted_gram(design.expert, leaf_w)
 
-    def expert_step(_, ex):  # a few warm M-steps from zero (one for closed-form families)
-        _, aux = fam.log_prob(spec, ex, design.expert, y)
-        return fam.m_step(spec, ex, design.expert, y, leaf_w, aux, leaf_gram, opts, solver=expert_solver)
-
-    ex = jax.lax.fori_loop(0, 1 if fam.closed_form else _INIT_NEWTON_STEPS, expert_step, params.experts)
+    # a few warm M-steps from zero (one for closed-form families)
+    ex = fam.initial_fit(spec, params.experts, design.expert, y, leaf_w, leaf_gram, opts, expert_solver,
+                         _INIT_NEWTON_STEPS)
 
     L = spec.tree.n_leaves
     soft = (0.9 * resp + 0.1 / L) * w[:, None]

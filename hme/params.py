@@ -35,12 +35,15 @@ class ExpertParams(NamedTuple):
     coef : array of shape (n_leaves, n_expert_features, k)
         ``k`` = n_outputs (Gaussian, Poisson) or n_classes - 1 (categorical; class 0 is the reference).
     cov : array of shape (n_leaves, n_outputs, n_outputs), or None for GLM experts
-        Gaussian noise covariance (identical copies when shared).
+        Gaussian noise covariance (identical copies when shared); Student-t experts: the scale matrix.
+    df : array of shape (n_leaves,), or None
+        Student-t experts: degrees of freedom ν_l.
     """
 
     intercept: jax.Array
     coef: jax.Array
     cov: jax.Array | None
+    df: jax.Array | None = None
 
 
 class HMEParams(NamedTuple):
@@ -83,5 +86,5 @@ def center_params(spec: ModelSpec, params: HMEParams, x_mean: jax.Array, sign: f
     mg = x_mean if spec.gate_features is None else x_mean[jnp.asarray(spec.gate_features, int)]
     me = x_mean if spec.expert_features is None else x_mean[jnp.asarray(spec.expert_features, int)]
     g = tree_gates.shift(spec, g, mg, sign)
-    e = ExpertParams(e.intercept + sign * jnp.einsum("lpk,p->lk", e.coef, me), e.coef, e.cov)
+    e = e._replace(intercept=e.intercept + sign * jnp.einsum("lpk,p->lk", e.coef, me))
     return HMEParams(g, e)

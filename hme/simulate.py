@@ -40,14 +40,18 @@ def _gate_rows(spec: ModelSpec, g: int, rng: np.random.Generator, centre: np.nda
     return bias, weight
 
 
+#: the range of the degrees of freedom :func:`random_truth` draws for Student-t experts (clearly heavy tails)
+TRUE_DF = (3.0, 8.0)
+
+
 def random_truth(spec: ModelSpec, rng: np.random.Generator, *, sharpness: float = 12.0,
                  noise: tuple[float, float] = (0.1, 0.3), slope_scale: float = 2.0) -> HMEParams:
-    """Random float64 parameters of ``spec`` (Gaussian experts, one output).
+    """Random float64 parameters of ``spec`` (Gaussian or Student-t experts, one output).
 
     Softmax gates: slopes of norm ``sharpness`` in a random direction, splitting at a point of the region the gate
     sees; Laplace gates: keys inside ``[0.05, 0.95]^d`` near that point, biases ~ N(0, 0.1²); Gaussian gate: centres
     ~ U[0.2, 0.8]^d, covariance 0.01·I, equal weights. Experts: intercept ~ N(0, 1), slopes ~ N(0, slope_scale²),
-    noise sd ~ U(noise)."""
+    noise sd (t: scale) ~ U(noise), t degrees of freedom ~ U(TRUE_DF)."""
     if not spec.expert_family.has_cov or spec.n_targets != 1:
         raise ValueError("random_truth draws Gaussian experts with one output")
     t = spec.tree
@@ -73,7 +77,8 @@ def random_truth(spec: ModelSpec, rng: np.random.Generator, *, sharpness: float 
     intercept = rng.normal(size=(L, 1))
     coef = rng.normal(scale=slope_scale, size=(L, d, 1))
     var = rng.uniform(*noise, size=L) ** 2
-    return HMEParams(GateParams(bias, weight, cov), ExpertParams(intercept, coef, var[:, None, None]))
+    df = rng.uniform(*TRUE_DF, size=L) if spec.expert_family.has_df else None
+    return HMEParams(GateParams(bias, weight, cov), ExpertParams(intercept, coef, var[:, None, None], df))
 
 
 def sample(spec: ModelSpec, params: HMEParams, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +97,8 @@ def sample(spec: ModelSpec, params: HMEParams, n: int, rng: np.random.Generator)
         cum = np.cumsum(prob / prob.sum(1, keepdims=True), axis=1)
         leaf = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(1), prob.shape[1] - 1)
     mean = e.intercept[leaf, 0] + np.einsum("nd,nd->n", X, e.coef[leaf, :, 0])
+    if e.df is not None:  # Student-t experts: the family's own draws
+        return X, spec.expert_family.sample(e, mean[:, None, None], leaf[:, None], rng)[:, 0, 0]
     y = mean + np.sqrt(e.cov[leaf, 0, 0]) * rng.normal(size=n)
     return X, y
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
+
 from .tree import TreeSpec
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
@@ -53,6 +55,8 @@ class ModelSpec:
         One covariance shared by all leaves.
     laplace_smoothing : float
         ε in the smoothed distance ``sqrt(‖W - x‖² + ε²)`` (keeps the gate differentiable at x = W).
+    expert_df : float or None
+        Student-t experts: fixed degrees of freedom ν for every leaf; None estimates ν_l per leaf.
     """
 
     tree: TreeSpec
@@ -65,6 +69,7 @@ class ModelSpec:
     covariance_type: str = "full"
     shared_covariance: bool = False
     laplace_smoothing: float = 1e-6
+    expert_df: float | None = None
 
     def __post_init__(self):
         from .families import expert_family, gate_family, gate_names
@@ -98,6 +103,16 @@ class ModelSpec:
             )
         if not self.laplace_smoothing > 0:
             raise ValueError("laplace_smoothing must be > 0")
+        if self.expert_df is not None:
+            if not expert.has_df:
+                raise ValueError(f"expert_df applies to experts with degrees of freedom (student_t), not "
+                                 f"{self.expert!r}")
+            if isinstance(self.expert_df, bool) or not (isinstance(self.expert_df, (int, float, np.integer,
+                                                                                      np.floating))
+                                                        and np.isfinite(self.expert_df) and self.expert_df > 0):
+                raise ValueError(f"expert_df must be a finite number > 0 (or None to estimate it), got "
+                                 f"{self.expert_df!r}")
+            object.__setattr__(self, "expert_df", float(self.expert_df))
         object.__setattr__(self, "gate_features", _as_index_tuple(self.gate_features, self.n_features, "gate_features"))
         object.__setattr__(
             self, "expert_features", _as_index_tuple(self.expert_features, self.n_features, "expert_features")

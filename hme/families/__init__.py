@@ -75,7 +75,7 @@ def expert_names(task: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, f in _EXPERTS.items() if task is None or f.task == task)
 
 
-from . import categorical, gaussian, gaussian_gate, laplace, poisson, softmax  # noqa: E402  (they register)
+from . import categorical, gaussian, gaussian_gate, laplace, poisson, softmax, student_t  # noqa: E402  (they register)
 
 __all__ = [
     "ExpertFamily",
@@ -93,6 +93,7 @@ __all__ = [
     "register_expert",
     "register_gate",
     "softmax",
+    "student_t",
     "take_gates",
     "unregister_expert",
     "unregister_gate",

@@ -186,6 +186,8 @@ class ExpertFamily:
     uses_gram: bool = False
     #: the M-step is an exact maximiser that does not depend on the current experts (one step suffices)
     closed_form: bool = False
+    #: has degrees of freedom ``ExpertParams.df`` (Student-t): estimated, or fixed by ``ModelSpec.expert_df``
+    has_df: bool = False
 
     def n_outputs(self, n_targets: int) -> int:
         """Columns ``k`` of the coefficient matrices."""
@@ -228,6 +230,17 @@ class ExpertFamily:
         """New expert parameters that do not decrease ``Σ_t Σ_l h_tl w_t log p(y_t | x_t, l) - penalty``."""
         raise NotImplementedError
 
+    def initial_fit(self, spec, experts: ExpertParams, design, y, leaf_w, leaf_gram, opts, solver: str,
+                    n_steps: int) -> ExpertParams:
+        """Experts fitted to fixed leaf weights ``leaf_w`` (n, L) from ``experts`` (zeros): one M-step for
+        closed-form families, ``n_steps`` warm M-steps otherwise (the start of every random restart)."""
+
+        def step(_, ex):
+            _, aux = self.log_prob(spec, ex, design, y)
+            return self.m_step(spec, ex, design, y, leaf_w, aux, leaf_gram, opts, solver=solver)
+
+        return jax.lax.fori_loop(0, 1 if self.closed_form else n_steps, step, experts)
+
     def pooled_fit(self, D: np.ndarray, y, w: np.ndarray, pen: np.ndarray, n_targets: int) -> np.ndarray:
         """(q, k) coefficients of one expert fitted to all rows: design ``D`` (n, q) with the intercept column
         first, targets as the core takes them, weights ``w`` (n,), ridge ``pen`` (q,) (0 on the intercept). The
@@ -265,15 +278,15 @@ class ExpertFamily:
         return ExpertParams(jnp.zeros((L, k), dtype), jnp.zeros((L, p, k), dtype), cov)
 
     # -- the predictive distribution (NumPy, float64, on the host; regression families) ----------------------
-    def leaf_variance(self, cov, mu) -> np.ndarray:
-        """(n, L, m) per-leaf variance of each output."""
+    def leaf_variance(self, experts: ExpertParams, mu) -> np.ndarray:
+        """(n, L, m) per-leaf variance of each output (``experts`` as NumPy arrays)."""
         raise NotImplementedError(f"{self.name!r} experts have no predictive variance")
 
-    def mixture_quantiles(self, cov, pi, mu, q) -> np.ndarray:
+    def mixture_quantiles(self, experts: ExpertParams, pi, mu, q) -> np.ndarray:
         """(n, m, len(q)) quantiles of the mixture ``Σ_l π_l p(· | μ_l)``."""
         raise NotImplementedError(f"{self.name!r} experts have no predictive quantiles")
 
-    def sample(self, cov, means, leaf, rng) -> np.ndarray:
+    def sample(self, experts: ExpertParams, means, leaf, rng) -> np.ndarray:
         """(n, S, m) draws from the leaves ``leaf`` (n, S) with means ``means`` (n, S, m)."""
         raise NotImplementedError(f"{self.name!r} experts cannot be sampled")
 
@@ -284,6 +297,10 @@ class ExpertFamily:
 
     def constrained_cov(self, spec, u: dict, var_floor):
         """The covariance from :meth:`extra_unconstrained`'s values (None for families without one)."""
+        return None
+
+    def constrained_df(self, spec, u: dict, dtype):
+        """The degrees of freedom from :meth:`extra_unconstrained`'s values (None for families without them)."""
         return None
 
     def bayes_noise(self, spec, scale, priors):

@@ -28,7 +28,8 @@ from .base import ExpertFamily
 from .linear import linear_predictor, ridge_columns, slope_deviation
 
 
-def _chol_inverse(cov):
+def inverse_cholesky(cov):
+    """(L⁻¹, log|Σ|) of every covariance in ``cov`` (..., m, m), Σ = L Lᵀ."""
     factor = batched_linalg.cholesky(cov)
     return batched_linalg.lower_inverse(factor), batched_linalg.logdet(factor)
 
@@ -41,7 +42,7 @@ def log_prob(spec, experts, design, y):
         var = experts.cov[:, 0, 0]
         ll = -0.5 * (math.log(2 * math.pi) + jnp.log(var) + r[..., 0] ** 2 / var)
     else:
-        inv_chol, logdet = _chol_inverse(experts.cov)
+        inv_chol, logdet = inverse_cholesky(experts.cov)
         z = jnp.einsum("lij,nlj->nli", inv_chol, r)
         ll = -0.5 * (m * math.log(2 * math.pi) + logdet + jnp.sum(z**2, -1))
     return ll, None
@@ -83,6 +84,13 @@ def _floor_cov(cov, var_floor, kind):
 
 
 def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
+    return weighted_m_step(spec, experts, design, y, leaf_w, leaf_gram, opts)
+
+
+def weighted_m_step(spec, experts, design, y, leaf_w, leaf_gram, opts, mass=None):
+    """The M-step above with case weights ``leaf_w`` (n, L) and their Grams ``leaf_gram`` (L, q, q); the scatter
+    is divided by ``mass`` (L,) (default: the weights' column sums). Student-t experts pass ``h_tl u_tl`` as the
+    weights and ``Σ_t h_tl`` as the mass (the ECM step of a scale mixture of normals)."""
     n, q = design.shape
     L = leaf_w.shape[1]
     m = y.shape[1]
@@ -98,7 +106,7 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
     dev = slope_deviation(th[:, 1:, :], opts.coef_target)
     scatter = scatter + jnp.einsum("lpi,p,lpj->lij", dev, pen[1:], dev)
-    mass = jnp.sum(leaf_w, 0)
+    mass = jnp.sum(leaf_w, 0) if mass is None else mass
     tiny = jnp.finfo(dtype).tiny
     if spec.shared_covariance:
         pooled = jnp.sum(scatter, 0) / jnp.maximum(jnp.sum(mass), tiny)
@@ -106,24 +114,25 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     else:
         cov = scatter / jnp.maximum(mass, tiny)[:, None, None]
         cov = jax.vmap(lambda c: _floor_cov(c, opts.var_floor, spec.covariance_type))(cov)
-    return ExpertParams(new.intercept, new.coef, cov)
+    return experts._replace(intercept=new.intercept, coef=new.coef, cov=cov)
 
 
 
 # -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
-# ``pi`` (n, L) are gate path probabilities, ``mu`` (n, L, m) the leaves' means, ``cov`` (L, m, m) NumPy.
+# ``pi`` (n, L) are gate path probabilities, ``mu`` (n, L, m) the leaves' means, ``experts`` NumPy parameters
+# (``experts.cov`` (L, m, m)).
 
 
-def leaf_variance(cov, mu):
+def leaf_variance(experts, mu):
     """Per-leaf variance of each output, (n, L, m): the diagonal of Σ_l."""
-    var = np.diagonal(np.asarray(cov, np.float64), axis1=1, axis2=2)  # (L, m)
+    var = np.diagonal(np.asarray(experts.cov, np.float64), axis1=1, axis2=2)  # (L, m)
     return np.broadcast_to(var[None], mu.shape)
 
 
-def mixture_quantiles(cov, pi, mu, q):
+def mixture_quantiles(experts, pi, mu, q):
     """Quantiles of the mixture ``Σ_l π_l N(μ_l, σ_l²)`` per output, (n, m, len(q)), by 80 bisection steps on
     its CDF inside ``[min_l μ_l - 12σ_l, max_l μ_l + 12σ_l]`` (width / 2⁸⁰: exact to rounding)."""
-    sd = np.sqrt(leaf_variance(cov, mu))
+    sd = np.sqrt(leaf_variance(experts, mu))
 
     def cdf(yv):  # (n, m, Q) -> (n, m, Q)
         return np.einsum("nl,nlkq->nkq", pi, ndtr((yv[:, None] - mu[..., None]) / sd[..., None]))
@@ -137,9 +146,9 @@ def mixture_quantiles(cov, pi, mu, q):
     return 0.5 * (lo + hi)
 
 
-def sample(cov, means, leaf, rng):
+def sample(experts, means, leaf, rng):
     """Draws ``N(means, Σ_leaf)``: ``means`` (n, S, m), ``leaf`` (n, S) leaf indices -> (n, S, m)."""
-    chol = np.linalg.cholesky(np.asarray(cov, np.float64))[leaf]  # (n, S, m, m)
+    chol = np.linalg.cholesky(np.asarray(experts.cov, np.float64))[leaf]  # (n, S, m, m)
     return means + np.einsum("nsij,nsj->nsi", chol, rng.normal(size=means.shape))
 
 

@@ -61,15 +61,15 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
 
 # -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
 # ``pi`` (n, L) are gate path probabilities, ``mu`` (n, L, m) the leaves' means; Poisson experts have no
-# covariance (``cov`` is None).
+# noise parameters (``experts`` is not read).
 
 
-def leaf_variance(cov, mu):
+def leaf_variance(experts, mu):
     """Per-leaf variance of each output, (n, L, m): a Poisson variance is its mean."""
     return mu
 
 
-def mixture_quantiles(cov, pi, mu, q):
+def mixture_quantiles(experts, pi, mu, q):
     """Quantiles of the mixture ``Σ_l π_l Poisson(μ_l)`` per output, (n, m, len(q)): the smallest count k with
     CDF(k) ≥ q, by integer bisection on the mixture CDF."""
     sd = np.sqrt(mu)
@@ -86,7 +86,7 @@ def mixture_quantiles(cov, pi, mu, q):
     return hi
 
 
-def sample(cov, means, leaf, rng):
+def sample(experts, means, leaf, rng):
     """Draws ``Poisson(means)``: ``means`` (n, S, m) -> (n, S, m) float64 counts."""
     return rng.poisson(means).astype(np.float64)
 
