@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/hme/jax
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Executes every notebook in full and stores its outputs in the paired .ipynb (the tests run the small mode,
+# HME_NOTEBOOK_SMALL=1). Run it after changing the code so that committed outputs show what the code does now.
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.py; do \
+		../$(BIN)/jupytext --sync $$nb && ../$(BIN)/jupyter execute --inplace $${nb%.py}.ipynb || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_em.py

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from hme import bayes
+from hme.families import ExpertFamily, expert_family, expert_names
 from hme.inference import canonicalize, free_parameter_draws
 from hme.params import center_params
 
@@ -154,10 +155,14 @@ class _BayesBase(BaseEstimator):
 
     def to_arviz(self):
         """The relabelled posterior (and divergences) as ArviZ ``InferenceData`` (needs arviz)."""
+        import warnings
+
         try:
-            import arviz as az
+            with warnings.catch_warnings():  # ArviZ 0.2x announces its refactor with a FutureWarning on import
+                warnings.simplefilter("ignore", FutureWarning)
+                import arviz as az
         except ImportError as err:
-            raise ImportError("to_arviz needs ArviZ: pip install arviz") from err
+            raise ImportError('to_arviz needs ArviZ: pip install -e ".[bayes]" (or pip install arviz)') from err
         check_is_fitted(self, "samples_")
         return az.from_dict(posterior=self.relabelled_samples_)
 
@@ -194,11 +199,16 @@ class _BayesBase(BaseEstimator):
 
 
 class BayesianHMERegressor(RegressorMixin, _BayesBase):
-    """Bayesian hierarchical mixture of Gaussian linear experts (one output), by NUTS or SVI (numpyro).
+    """Bayesian hierarchical mixture of linear experts (one output), by NUTS or SVI (numpyro).
 
     Parameters
     ----------
     depth, branching, gate : the tree, as in :class:`HMERegressor`
+    expert : {"gaussian", "student_t", "poisson"}, default="gaussian"
+        The expert family, as in :class:`HMERegressor`. Priors: Gaussian and t scales HalfNormal(sd(y)); t degrees
+        of freedom Gamma(2, 0.1) (unless ``expert_df`` fixes them); Poisson intercepts centred on log(mean y).
+    expert_df : float or None, default=None
+        Student-t experts: fixed degrees of freedom (None: sampled)
     method : {"nuts", "svi"}, default="nuts"
     num_warmup, num_samples, num_chains : NUTS settings (SVI: ``num_samples`` draws from the fitted guide)
     svi_steps, learning_rate : SVI with a low-rank multivariate normal guide, Adam
@@ -217,10 +227,32 @@ class BayesianHMERegressor(RegressorMixin, _BayesBase):
     diagnostics_ : per-site numpyro summary; elbo_ : ELBO per SVI step (None for NUTS)
     """
 
+    _parameter_constraints = {
+        **_BayesBase._parameter_constraints,
+        "expert": [str],
+        "expert_df": [None, Interval(numbers.Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, depth=1, branching=2, gate="softmax", expert="gaussian", expert_df=None, method="nuts",
+                 num_warmup=500, num_samples=500, num_chains=2, svi_steps=3000, learning_rate=0.01, priors=None,
+                 n_init=5, random_state=None, verbose=0):
+        super().__init__(depth=depth, branching=branching, gate=gate, method=method, num_warmup=num_warmup,
+                         num_samples=num_samples, num_chains=num_chains, svi_steps=svi_steps,
+                         learning_rate=learning_rate, priors=priors, n_init=n_init, random_state=random_state,
+                         verbose=verbose)
+        self.expert = expert
+        self.expert_df = expert_df
+
     def fit(self, X, y):
         self._validate_params()
-        point = HMERegressor(depth=self.depth, branching=self.branching, gate=self.gate, n_init=self.n_init,
-                             random_state=self.random_state, max_iter=500, verbose=self.verbose)
+        fam = expert_family(self.expert) if self.expert in expert_names("regression") else None
+        if fam is None or type(fam).bayes_likelihood is ExpertFamily.bayes_likelihood:
+            have = [n for n in expert_names("regression")
+                    if type(expert_family(n)).bayes_likelihood is not ExpertFamily.bayes_likelihood]
+            raise ValueError(f"BayesianHMERegressor's expert must be one of {have}, got {self.expert!r}")
+        point = HMERegressor(depth=self.depth, branching=self.branching, gate=self.gate, expert=self.expert,
+                             expert_df=self.expert_df, n_init=self.n_init, random_state=self.random_state,
+                             max_iter=500, verbose=self.verbose)
         point.fit(X, y)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         if np.ndim(y) != 1:

@@ -58,9 +58,7 @@ def data_scale(spec: ModelSpec, X, y) -> DataScale:
     sd = np.where(sd > 0, sd, 1.0)
     if spec.expert_family.task == "classification":
         return DataScale(sd, 0.0, 1.0)
-    y = np.asarray(y, np.float64)
-    s = float(y.std()) or 1.0
-    return DataScale(sd, float(y.mean()), s)
+    return DataScale(sd, *spec.expert_family.bayes_scale(y))
 
 
 def _free_gate_entries(spec: ModelSpec):
@@ -104,12 +102,12 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
         dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3),
     )
     fam = spec.expert_family
-    cov = fam.bayes_noise(spec, scale, priors)
-    params = HMEParams(GateParams(bias, weight), ExpertParams(intercept, coef, cov))
+    params = HMEParams(GateParams(bias, weight), ExpertParams(intercept, coef, **fam.bayes_noise(spec, scale,
+                                                                                               priors)))
     design = make_design(spec, X)
     log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, params.gates))  # (n, L)
     eta = linear_predictor(params.experts, design.expert)  # (n, L, k)
-    y_dist = fam.bayes_likelihood(spec, log_pi, eta, cov)
+    y_dist = fam.bayes_likelihood(spec, log_pi, eta, params.experts)
     with numpyro.plate("data", X.shape[0]):
         numpyro.sample("y", y_dist, obs=y)
 
@@ -123,10 +121,9 @@ def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
     bias = jnp.zeros(G * B, b.dtype).at[fb].set(b).reshape(G, B)
     w = jnp.asarray(sample[_weight_site(spec)])
     weight = jnp.zeros((G * B, spec.n_gate_features), w.dtype).at[fw].set(w).reshape(G, B, -1)
-    cov = spec.expert_family.cov_from_sites(sample)
-    return HMEParams(
-        GateParams(bias, weight), ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), cov)
-    )
+    noise = spec.expert_family.noise_from_sites(spec, sample)
+    return HMEParams(GateParams(bias, weight),
+                     ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), **noise))
 
 
 def posterior_means(spec: ModelSpec, samples: dict, X) -> jax.Array:
@@ -159,7 +156,7 @@ def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
         "intercept": jnp.asarray(e.intercept),
         "coef": jnp.asarray(e.coef),
     }
-    out.update(spec.expert_family.noise_sites(e))
+    out.update(spec.expert_family.noise_sites(spec, e))
     return out
 
 

@@ -10,7 +10,9 @@ in (x, y) for Gaussian gates), maximised over an **unconstrained** parameterisat
   ``(max var_floor + e^u) I`` (spherical), per leaf or shared: the floor is built in, not clipped.
 
 Optimisers: ``"lbfgs"`` (optax's L-BFGS with a zoom line search; full batch) and ``"adam"`` (full batch, or
-minibatches of ``batch_size`` rows reshuffled every epoch). The stopping rule is EM's: stop when the relative change
+minibatches of ``batch_size`` rows reshuffled every epoch, with a Robbins–Monro decay of the learning rate,
+``lr · (1 + epochs)^(-0.6)``, so that the minibatch noise dies out and the iterates settle at the full-batch
+optimum instead of hovering around it). The stopping rule is EM's: stop when the relative change
 of the objective between iterations (full batch) or epochs (minibatch, evaluated on all the data) is at most
 ``tol``. Restarts are vmapped and the result is an :class:`hme.EMResult`, so the estimators and every downstream
 tool treat both fits alike.
@@ -91,10 +93,18 @@ def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
 # -- objective and optimisation loop ---------------------------------------------------------------------
 
 
-def _optimizer(cfg: GradientConfig):
+#: minibatch Adam's Robbins–Monro decay: step k (of n_b per epoch) uses ``lr · (1 + k / n_b)^(-RM_EXPONENT)``;
+#: an exponent in (1/2, 1] makes Σ lr_k infinite and Σ lr_k² finite, so the minibatch noise dies out
+RM_EXPONENT = 0.6
+
+
+def _optimizer(cfg: GradientConfig, n_batches: int = 1):
     if cfg.optimizer == "lbfgs":
         return optax.lbfgs(learning_rate=cfg.learning_rate)
-    return optax.adam(1e-2 if cfg.learning_rate is None else cfg.learning_rate)
+    lr = 1e-2 if cfg.learning_rate is None else cfg.learning_rate
+    if cfg.batch_size is None:
+        return optax.adam(lr)
+    return optax.adam(lambda k: lr * (1.0 + k / n_batches) ** (-RM_EXPONENT))
 
 
 def run_gradient(
@@ -103,14 +113,14 @@ def run_gradient(
     """The compiled optimisation loop from one start (the analogue of :func:`hme.em.run_em`)."""
     dtype = data.y.dtype
     total = jnp.sum(data.weight)
-    opt = _optimizer(cfg)
+    n = data.y.shape[0]
+    opt = _optimizer(cfg, 1 if cfg.batch_size is None else -(-n // int(cfg.batch_size)))
 
     def full_loss(u):
         p = from_unconstrained(spec, u, opts)
         return -batch_objective(spec, p, data.design, data.y, data.weight, total, opts)
 
     u0 = to_unconstrained(spec, params, opts)
-    n = data.y.shape[0]
     if cfg.batch_size is None:
         value_and_grad = (
             optax.value_and_grad_from_state(full_loss) if cfg.optimizer == "lbfgs" else jax.value_and_grad(full_loss)

@@ -42,7 +42,7 @@ class ExpertParams(NamedTuple):
 
     intercept: jax.Array
     coef: jax.Array
-    cov: jax.Array | None
+    cov: jax.Array | None = None
     df: jax.Array | None = None
 
 

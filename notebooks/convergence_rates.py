@@ -16,6 +16,9 @@
 # %% [markdown]
 # # Convergence rates of parameter estimation: softmax vs Laplace vs Gaussian gating
 #
+# **The question:** do the fitted gates and experts approach the truth as fast as the theory says, and does the
+# gating function change that?
+#
 # The theory (`docs/theory.md`; papers S2, S3, S7 and the HMoE paper arXiv 2410.02935)
 # bounds a *Voronoi loss* between the fitted and the true mixing measure by the density-estimation rate, so
 # the loss decays like n^(-1/2) and each parameter at n^(-1/(2e)) where e is the exponent it carries in the loss:

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # Deep vs flat: does a tree of gates pay on real data?
 #
+# **The question:** at the same number of experts, does routing through a tree of binary gates predict better
+# than one flat gate?
+#
 # A binary HME of depth D and a flat mixture of 2^D experts have the same leaves and, with softmax gates, exactly
 # the same number of free parameters. The only difference is the routing: D nested binary decisions against one
 # 2^D-way decision. `benchmarks/deep_vs_flat.py` compares them (and the grown tree, the SS/SL/LS/LL gating

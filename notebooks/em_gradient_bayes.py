@@ -16,6 +16,8 @@
 # %% [markdown]
 # # One model, three ways to fit it: EM, gradient ascent, Bayesian inference
 #
+# **The question:** does the way the model is fitted change the answer, or only what it costs?
+#
 # The same HME (tree, gates, experts, log-likelihood) fitted by
 #
 # * **EM** (`hme.fit_em`): closed-form expert updates and one Newton step per gate per iteration;

@@ -16,6 +16,8 @@
 # %% [markdown]
 # # Quickstart: hierarchical mixtures of experts with `hme`
 #
+# **The question:** how do you fit an HME to your data, read what it found, and check that it is right?
+#
 # A fitted HME is a *soft decision tree*: gates at the branch points split the input space softly and linear
 # experts answer at the leaves. This notebook fits three data sets that ship with the package:
 #

@@ -57,13 +57,13 @@ class ExponentialExpert(ExpertFamily):
         new = th + size[:, None] * step
         return ExpertParams(new[:, :1], new[:, 1:, None], None)
 
-    def leaf_variance(self, cov, mu):
+    def leaf_variance(self, experts, mu):
         return mu**2
 
-    def sample(self, cov, means, leaf, rng):
+    def sample(self, experts, means, leaf, rng):
         return rng.exponential(means)
 
-    def bayes_likelihood(self, spec, log_pi, eta, cov):
+    def bayes_likelihood(self, spec, log_pi, eta, experts):
         import numpyro.distributions as dist
 
         return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Exponential(jnp.exp(-eta[..., 0])))

@@ -303,20 +303,29 @@ class ExpertFamily:
         """The degrees of freedom from :meth:`extra_unconstrained`'s values (None for families without them)."""
         return None
 
-    def bayes_noise(self, spec, scale, priors):
-        """Sample the family's noise parameters in a numpyro model; return ``ExpertParams.cov`` (or None)."""
-        return None
+    def bayes_scale(self, y: np.ndarray) -> tuple[float, float]:
+        """(location, scale) of the linear predictor that the default priors centre the intercepts on and scale
+        the slopes by (regression: y's mean and sd)."""
+        y = np.asarray(y, np.float64)
+        return float(y.mean()), float(y.std()) or 1.0
 
-    def bayes_likelihood(self, spec, log_pi: jax.Array, eta: jax.Array, cov):
-        """The numpyro distribution of y given log path probabilities (n, L) and linear predictors (n, L, k)."""
+    def bayes_noise(self, spec, scale, priors) -> dict:
+        """Sample the family's noise parameters in a numpyro model; return them as ``ExpertParams`` fields
+        (``{"cov": ...}``, ``{"cov": ..., "df": ...}``, or ``{}`` for GLM experts)."""
+        return {}
+
+    def bayes_likelihood(self, spec, log_pi: jax.Array, eta: jax.Array, experts: ExpertParams):
+        """The numpyro distribution of y given log path probabilities (n, L), linear predictors (n, L, k) and the
+        experts (for their noise parameters)."""
         raise ValueError(f"Bayesian HMEs are not available for {self.name!r} experts")
 
-    def noise_sites(self, experts: ExpertParams) -> dict:
+    def noise_sites(self, spec, experts: ExpertParams) -> dict:
         """Sample-site values of the noise parameters (the inverse of :meth:`bayes_noise`)."""
         return {}
 
-    def cov_from_sites(self, sample: dict):
-        return None
+    def noise_from_sites(self, spec, sample: dict) -> dict:
+        """``ExpertParams`` noise fields from sample-site values (the inverse of :meth:`noise_sites`)."""
+        return {}
 
 
 def take_gates(gates: GateParams, idx) -> GateParams:

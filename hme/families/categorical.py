@@ -128,7 +128,7 @@ class CategoricalExpert(ExpertFamily):
         th = newton_maximise(f, gh, np.zeros((C - 1) * q))
         return th.reshape(C - 1, q).T
 
-    def bayes_likelihood(self, spec, log_pi, eta, cov):
+    def bayes_likelihood(self, spec, log_pi, eta, experts):
         """A mixture of categoricals is the categorical of the mixed probabilities (class 0: the reference)."""
         import numpyro.distributions as dist
 

@@ -215,21 +215,22 @@ class GaussianExpert(ExpertFamily):
         import numpyro.distributions as dist
 
         if spec.n_targets != 1:
-            raise ValueError("Bayesian Gaussian experts have one output")
+            raise ValueError(f"Bayesian {self.name} experts have one output")
         L = spec.tree.n_leaves
         sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
-        return (sigma**2)[:, None, None]
+        return {"cov": (sigma**2)[:, None, None]}
 
-    def bayes_likelihood(self, spec, log_pi, eta, cov):
+    def bayes_likelihood(self, spec, log_pi, eta, experts):
         import numpyro.distributions as dist
 
-        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Normal(eta[..., 0], jnp.sqrt(cov[:, 0, 0])))
+        sd = jnp.sqrt(experts.cov[:, 0, 0])
+        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Normal(eta[..., 0], sd))
 
-    def noise_sites(self, experts):
+    def noise_sites(self, spec, experts):
         return {"sigma": jnp.sqrt(jnp.asarray(experts.cov)[:, 0, 0])}
 
-    def cov_from_sites(self, sample):
-        return (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]
+    def noise_from_sites(self, spec, sample):
+        return {"cov": (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]}
 
 
 GAUSSIAN = register_expert(GaussianExpert())

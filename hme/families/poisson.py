@@ -134,5 +134,16 @@ class PoissonExpert(ExpertFamily):
     mixture_quantiles = staticmethod(mixture_quantiles)
     sample = staticmethod(sample)
 
+    # Bayes: the intercepts' prior is centred on the log of the mean count, slopes on the log scale (sd 1)
+    def bayes_scale(self, y):
+        return float(np.log(max(float(np.mean(y)), 1e-3))), 1.0
+
+    def bayes_likelihood(self, spec, log_pi, eta, experts):
+        import numpyro.distributions as dist
+
+        if spec.n_targets != 1:
+            raise ValueError("Bayesian Poisson experts have one output")
+        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Poisson(jnp.exp(eta[..., 0])))
+
 
 POISSON = register_expert(PoissonExpert())

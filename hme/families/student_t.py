@@ -37,6 +37,9 @@ DF_MIN = 0.5
 DF_MAX = 200.0
 #: degrees of freedom of every random start (the first ECM steps move them)
 DF_START = 10.0
+#: the Bayesian prior ν ~ Gamma(shape, rate)
+DF_PRIOR_SHAPE = 2.0
+DF_PRIOR_RATE = 0.1
 #: bisection steps on log ν (the bracket shrinks by 2⁻⁶⁰: exact to rounding)
 DF_BISECTIONS = 60
 
@@ -194,12 +197,38 @@ class StudentTExpert(GaussianExpert):
             return jnp.full((spec.tree.n_leaves,), spec.expert_df, dtype)
         return DF_MIN + (DF_MAX - DF_MIN) * jax.nn.sigmoid(u["df"])
 
+    # Bayes: scales ~ HalfNormal(noise_scale · sd(y)) as for Gaussian experts; ν ~ Gamma(2, 0.1) (Juárez & Steel
+    # 2010, "Model-based clustering of non-Gaussian panel data based on skew-t distributions": mean 20, a
+    # weakly informative prior that keeps ν away from 0), unless the spec fixes ν
     def bayes_noise(self, spec, scale, priors):
-        raise ValueError("Bayesian HMEs are not available for 'student_t' experts yet; fit them by EM or by "
-                         "gradient (solver='gradient')")
+        import numpyro
+        import numpyro.distributions as dist
 
-    def bayes_likelihood(self, spec, log_pi, eta, cov):
-        raise ValueError("Bayesian HMEs are not available for 'student_t' experts yet")
+        out = super().bayes_noise(spec, scale, priors)
+        L = spec.tree.n_leaves
+        if spec.expert_df is None:
+            out["df"] = numpyro.sample("df", dist.Gamma(DF_PRIOR_SHAPE, DF_PRIOR_RATE).expand([L]).to_event(1))
+        else:
+            out["df"] = jnp.full((L,), spec.expert_df)
+        return out
+
+    def bayes_likelihood(self, spec, log_pi, eta, experts):
+        import numpyro.distributions as dist
+
+        sd = jnp.sqrt(experts.cov[:, 0, 0])
+        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.StudentT(experts.df, eta[..., 0], sd))
+
+    def noise_sites(self, spec, experts):
+        out = super().noise_sites(spec, experts)
+        if spec.expert_df is None:
+            out["df"] = jnp.asarray(experts.df)
+        return out
+
+    def noise_from_sites(self, spec, sample):
+        out = super().noise_from_sites(spec, sample)
+        fixed = spec.expert_df
+        out["df"] = jnp.asarray(sample["df"]) if fixed is None else jnp.full(out["cov"].shape[:-2], fixed)
+        return out
 
 
 STUDENT_T = register_expert(StudentTExpert())
