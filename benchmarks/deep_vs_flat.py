@@ -259,15 +259,21 @@ def verdict(res, better_if_positive: bool) -> str:
     return "same"
 
 
-def report(rows, command: str, seconds: float) -> str:
+def report(rows, command: str, seconds: float, measured: bool = True, wanted=()) -> str:
     table = _table(rows)
     sets = list(dict.fromkeys(r["set"] for r in rows))
     depths = sorted({int(m.split()[1]) for s in table for m in table[s] if m.startswith("deep ")})
+    made = (f"Written by `{command}` ({platform.machine()}, {os.cpu_count()} cores, {seconds:.0f} s for the rows "
+            "measured in that run; the CSV beside this file holds every row)." if measured else
+            f"Written by `{command}` from the {len(rows)} rows of the CSV beside this file, measured by earlier runs "
+            "of the script (with `--resume`; their fit times include whatever else shared the cores).")
+    missing = [s for s in wanted if s not in table]
     out = ["# Deep vs flat on real data", "",
-           f"Written by `{command}` ({platform.machine()}, {os.cpu_count()} cores, {seconds:.0f} s for the rows "
-           "measured in that run; the CSV beside this file holds every row). Protocol and models: the docstring of "
-           "`benchmarks/deep_vs_flat.py`. Intervals: 95% corrected resampled t (Nadeau & Bengio 2003) over the "
-           "splits; ◀ marks an interval above 0, ▶ one below 0.", ""]
+           made + " Protocol and models: the docstring of `benchmarks/deep_vs_flat.py`. Intervals: 95% corrected "
+           "resampled t (Nadeau & Bengio 2003) over the splits; ◀ marks an interval above 0, ▶ one below 0.", ""]
+    if missing:
+        out += [f"**Not measured yet** ({len(missing)} of {len(wanted)} sets): {', '.join(missing)}. Every number "
+                "below is about the sets that are.", ""]
     # 1. the paired deep - flat table
     out += ["## Deep minus flat, same number of leaves", "",
             "Regression: relative difference of held-out MSE in % of the flat model's (negative: the tree predicts "
@@ -371,7 +377,8 @@ def main(argv=None) -> int:
         rows = [r for r in read_rows(csv_path) if r["set"] in sets]
     else:
         rows = run(sets, repeats, depths, grown, families, baselines, csv_path, args.resume)
-    md = report(rows, "python benchmarks/deep_vs_flat.py " + " ".join(argv), time.perf_counter() - t0)
+    md = report(rows, "python benchmarks/deep_vs_flat.py " + " ".join(argv), time.perf_counter() - t0,
+                measured=not args.report_only, wanted=sets)
     with open(os.path.join(args.out_dir, stem + ".md"), "w") as fh:
         fh.write(md)
     print("\n" + md)
