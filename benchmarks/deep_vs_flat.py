@@ -249,7 +249,7 @@ def _fmt_ci(res, digits=3):
 
 def verdict(res, better_if_positive: bool) -> str:
     """'better' / 'worse' / 'same' for A against B from a paired interval that excludes 0 or not."""
-    if res is None:
+    if res is None or not np.all(np.isfinite(res[0])):  # one split: no interval
         return "n/a"
     _, lo, hi = res[0]
     if lo > 0:
@@ -338,6 +338,8 @@ def report(rows, command: str, seconds: float, measured: bool = True, wanted=())
             "or cannot tell (interval contains 0):", "", "| comparison | better | worse | same |", "|---|---|---|---|"]
     for key, vs in counts.items():
         label = f"deep {key[1]} vs flat {2 ** key[1]} ({key[0]})" if key[0] != "family" else f"{key[1]} vs SS"
+        if "n/a" in vs:
+            label += f" ({vs.count('n/a')} set(s) with a single split left out)"
         out.append(f"| {label} | {vs.count('better')} | {vs.count('worse')} | {vs.count('same')} |")
     out += [""]
     return "\n".join(out)
