@@ -139,7 +139,13 @@ def mixture_quantiles(experts, pi, mu, q):
 
     lo = (mu - 12 * sd).min(1)[..., None] * np.ones_like(q)
     hi = (mu + 12 * sd).max(1)[..., None] * np.ones_like(q)
-    for _ in range(80):
+    return bisect_quantiles(cdf, q, lo, hi)
+
+
+def bisect_quantiles(cdf, q, lo, hi, steps: int = 80):
+    """The levels ``q`` of a continuous, increasing ``cdf`` (arrays (n, m, Q) -> (n, m, Q)) by ``steps`` bisection
+    steps inside the bracket ``[lo, hi]`` (n, m, Q)."""
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         below = cdf(mid) < q
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)

@@ -29,7 +29,7 @@ from scipy import stats
 
 from .._linalg import weighted_gram
 from . import register_expert
-from .gaussian import GaussianExpert, inverse_cholesky, weighted_m_step
+from .gaussian import GaussianExpert, bisect_quantiles, inverse_cholesky, weighted_m_step
 from .linear import linear_predictor
 
 #: bounds of the estimated degrees of freedom (ν = 0.5: tails heavier than Cauchy; ν = 200: nearly Gaussian)
@@ -129,12 +129,7 @@ def mixture_quantiles(experts, pi, mu, q):
         return np.einsum("nl,nlkq->nkq", pi, stats.t.cdf((yv[:, None] - mu[..., None]) / s[..., None], nu_b))
 
     leaf_q = mu[..., None] + s[..., None] * stats.t.ppf(q, nu_b)  # (n, L, m, Q)
-    lo, hi = leaf_q.min(1), leaf_q.max(1)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        below = cdf(mid) < q
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return 0.5 * (lo + hi)
+    return bisect_quantiles(cdf, q, leaf_q.min(1), leaf_q.max(1))
 
 
 def sample(experts, means, leaf, rng):
