@@ -78,6 +78,7 @@ def save_estimator(est, path) -> None:
             "shared_covariance": spec.shared_covariance,
             "laplace_smoothing": spec.laplace_smoothing,
             "expert_df": spec.expert_df,
+            "shared_coef": None if spec.shared_coef is None else list(spec.shared_coef),
         },
         "fitted": {
             "n_iter_": est.n_iter_,
@@ -171,6 +172,7 @@ def load(path):
         shared_covariance=s["shared_covariance"],
         laplace_smoothing=s["laplace_smoothing"],
         expert_df=s.get("expert_df"),
+        shared_coef=None if s.get("shared_coef") is None else tuple(s["shared_coef"]),
     )
     est.params_ = HMEParams(
         GateParams(arrays["gate_bias"], arrays["gate_weight"], arrays.get("gate_cov")),

@@ -119,7 +119,10 @@ class _BayesBase(BaseEstimator):
         self.posterior_params_ = _stack(params)
         from numpyro.diagnostics import summary
 
-        self.diagnostics_ = summary(self.relabelled_samples_, group_by_chain=True)
+        # constant entries of a site (a correlation Cholesky factor's diagonal corner and upper triangle) have no
+        # variance: their n_eff and r_hat are NaN, which the nan-aware max/min below skip
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.diagnostics_ = summary(self.relabelled_samples_, group_by_chain=True)
         if C > 1:
             self.rhat_ = float(max(np.nanmax(d["r_hat"]) for d in self.diagnostics_.values()))
         else:
@@ -199,14 +202,18 @@ class _BayesBase(BaseEstimator):
 
 
 class BayesianHMERegressor(RegressorMixin, _BayesBase):
-    """Bayesian hierarchical mixture of linear experts (one output), by NUTS or SVI (numpyro).
+    """Bayesian hierarchical mixture of linear or GLM experts, by NUTS or SVI (numpyro).
 
     Parameters
     ----------
-    depth, branching, gate : the tree, as in :class:`HMERegressor`
+    depth, branching, gate : the tree, as in :class:`HMERegressor`. ``gate="gaussian"`` (one gate) samples the
+        joint model of (x, y): child weights logistic-normal, means N(0, sd(x_j)²) on the centred inputs, per-child
+        scales HalfNormal(sd(x_j)) and an LKJ(2) correlation.
     expert : {"gaussian", "student_t", "poisson"}, default="gaussian"
-        The expert family, as in :class:`HMERegressor`. Priors: Gaussian and t scales HalfNormal(sd(y)); t degrees
-        of freedom Gamma(2, 0.1) (unless ``expert_df`` fixes them); Poisson intercepts centred on log(mean y).
+        The expert family, as in :class:`HMERegressor`. Priors: Gaussian and t scales HalfNormal(sd(y_j)) per
+        output, with an LKJ(2) correlation per expert for several outputs (``y`` of shape (n, m): Gaussian and t
+        experts); t degrees of freedom Gamma(2, 0.1) (unless ``expert_df`` fixes them); Poisson intercepts
+        centred on log(mean y).
     expert_df : float or None, default=None
         Student-t experts: fixed degrees of freedom (None: sampled)
     method : {"nuts", "svi"}, default="nuts"
@@ -254,27 +261,31 @@ class BayesianHMERegressor(RegressorMixin, _BayesBase):
                              expert_df=self.expert_df, n_init=self.n_init, random_state=self.random_state,
                              max_iter=500, verbose=self.verbose)
         point.fit(X, y)
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
-        if np.ndim(y) != 1:
-            raise ValueError("BayesianHMERegressor supports one output")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True, multi_output=True)
+        y = np.asarray(y, np.float64)
+        self._y_1d = y.ndim == 1
         self.point_estimate_ = point
-        return self._fit_posterior(X, np.asarray(y, np.float64), point)
+        y_core = y if y.ndim == 1 or y.shape[1] > 1 else y[:, 0]  # one output: a univariate likelihood
+        return self._fit_posterior(X, y_core, point)
 
     def predict(self, X):
-        """Posterior-predictive mean: the average over draws of each draw's mixture mean."""
-        return self._draw_means(self._check_X(X)).mean(axis=0)[:, 0]
+        """Posterior-predictive mean: the average over draws of each draw's mixture mean; (n_samples,) for one
+        output, (n_samples, n_outputs) otherwise."""
+        mean = self._draw_means(self._check_X(X)).mean(axis=0)
+        return mean[:, 0] if self._y_1d else mean
 
     def predict_quantiles(self, X, q, random_state=None):
-        """Posterior-predictive quantiles, (n_samples, len(q)), from predictive draws."""
-        draws = self.predictive_samples(X, random_state)
-        return np.quantile(draws, np.atleast_1d(q), axis=0).T
+        """Posterior-predictive quantiles from predictive draws: (n_samples, len(q)) for one output,
+        (n_samples, n_outputs, len(q)) otherwise."""
+        draws = self.predictive_samples(X, random_state)  # (draws, n) or (draws, n, m)
+        return np.moveaxis(np.quantile(draws, np.atleast_1d(q), axis=0), 0, -1)
 
     def predict_interval(self, X, coverage=0.9, random_state=None):
         """Central posterior-predictive interval ``(lower, upper)``."""
         if not 0 < coverage < 1:
             raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
         qs = self.predict_quantiles(X, [(1 - coverage) / 2, (1 + coverage) / 2], random_state)
-        return qs[:, 0], qs[:, 1]
+        return qs[..., 0], qs[..., 1]
 
 
 class BayesianHMEClassifier(ClassifierMixin, _BayesBase):

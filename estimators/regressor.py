@@ -54,6 +54,12 @@ class HMERegressor(RegressorMixin, HMEBase):
     gate_features, expert_features : list of int or str, default=None
         Columns (indices, or names when fitted on a DataFrame) seen by the gates / experts; None means all,
         ``[]`` an intercept-only gate (a mixture of regressions with constant weights).
+    shared_coef : list of int or str, default=None
+        Fixed effects: columns (indices or names, among the expert features) whose coefficients are common to all
+        experts, as in flexmix's ``FLXMRglmfix(fixed = ~ ...)``; intercepts and the other coefficients vary by
+        expert. EM ties them in the M-step (for Gaussian and Student-t experts the leaves' weighted least-squares
+        equations are scaled by their precisions and solved jointly); standard errors, BIC and the gradient solver
+        count them once. Gaussian/Student-t experts with one output, and Poisson experts.
     alpha : float or "auto", default="auto"
         Ridge on the experts' slopes on the standardised input scale, in pseudo-observations: the penalty is
         ``½ Σ_l Σ_j α Var(x_j) (b_lj - t_j)²`` (Gaussian experts: times Σ_l⁻¹, a conjugate prior), so a leaf
@@ -110,6 +116,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         "covariance_type": [StrOptions({"full", "diag", "spherical"})],
         "shared_covariance": ["boolean"],
         "expert_df": [None, Interval(numbers.Real, 0, None, closed="neither")],
+        "shared_coef": [None, list, tuple, np.ndarray],
         "var_floor": [Interval(numbers.Real, 0, None, closed="neither")],
     }
 
@@ -128,6 +135,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         expert_df=None,
         gate_features=None,
         expert_features=None,
+        shared_coef=None,
         alpha="auto",
         shrink_to="pooled",
         gate_alpha="auto",
@@ -161,6 +169,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         self.expert_df = expert_df
         self.gate_features = gate_features
         self.expert_features = expert_features
+        self.shared_coef = shared_coef
         self.alpha = alpha
         self.shrink_to = shrink_to
         self.gate_alpha = gate_alpha
@@ -206,6 +215,7 @@ class HMERegressor(RegressorMixin, HMEBase):
             covariance_type=self.covariance_type,
             shared_covariance=self.shared_covariance,
             expert_df=self.expert_df,
+            shared_coef=self._resolve_features(self.shared_coef, "shared_coef"),
         )
         self._check_min_samples(X.shape[0], spec)
         return self._fit_core(X, Y, sample_weight, spec, self.var_floor)

@@ -72,39 +72,51 @@ def _weight_site(spec: ModelSpec) -> str:
     return names.pop() if len(names) == 1 else "gate_weight"
 
 
+def _sample_gates(spec: ModelSpec, gsd, priors: Priors, dtype) -> GateParams:
+    """Gates of the conditional families: free biases ``N(0, gate_scale²)`` and weight rows with each gate
+    family's prior sd (slopes scale inversely with the inputs, keys directly); pinned entries are 0."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    t = spec.tree
+    G, B, pg = t.n_gates, t.max_branching, spec.n_gate_features
+    fb, fw = _free_gate_entries(spec)
+    b_free = numpyro.sample("gate_bias", dist.Normal(0.0, priors.gate_scale).expand([len(fb)]).to_event(1))
+    bias = jnp.zeros(G * B, dtype).at[fb].set(b_free).reshape(G, B)
+    row_family = np.repeat(np.arange(G), B)[fw]
+    row_sd = jnp.stack([spec.gate_families[g].weight_prior_sd(gsd, priors) for g in range(G)])[row_family]
+    w_free = numpyro.sample(_weight_site(spec), dist.Normal(0.0, jnp.reshape(row_sd, (len(fw), pg))).to_event(2))
+    weight = jnp.zeros((G * B, pg), dtype).at[fw].set(w_free).reshape(G, B, pg)
+    return GateParams(bias, weight)
+
+
 def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors: Priors = Priors()):
     """numpyro model of an HME on centred inputs ``X`` (n, p); ``y`` observed (or None to predict)."""
     import numpyro
     import numpyro.distributions as dist
 
-    if _gates.models_inputs(spec):
-        raise ValueError(f"Bayesian HMEs model y given x; gate={spec.gate!r} models the inputs and is not supported")
+    if spec.shared_coef:
+        raise ValueError("Bayesian HMEs do not support shared_coef (fixed effects) yet; fit them by EM")
     t = spec.tree
-    G, B = t.n_gates, t.max_branching
-    pg, pe = spec.n_gate_features, spec.n_expert_features
+    pe = spec.n_expert_features
     L, k = t.n_leaves, spec.n_expert_outputs
     dtype = X.dtype
     gsd = jnp.asarray(scale.x_sd if spec.gate_features is None else scale.x_sd[list(spec.gate_features)], dtype)
     esd = jnp.asarray(scale.x_sd if spec.expert_features is None else scale.x_sd[list(spec.expert_features)], dtype)
-    fb, fw = _free_gate_entries(spec)
-    b_free = numpyro.sample("gate_bias", dist.Normal(0.0, priors.gate_scale).expand([len(fb)]).to_event(1))
-    bias = jnp.zeros(G * B, dtype).at[fb].set(b_free).reshape(G, B)
-    # prior sd of each free weight row: its gate family's (slopes scale inversely, keys directly with the inputs)
-    row_family = np.repeat(np.arange(G), B)[fw]
-    row_sd = jnp.stack([spec.gate_families[g].weight_prior_sd(gsd, priors) for g in range(G)])[row_family]
-    w_free = numpyro.sample(_weight_site(spec), dist.Normal(0.0, jnp.reshape(row_sd, (len(fw), pg))).to_event(2))
-    weight = jnp.zeros((G * B, pg), dtype).at[fw].set(w_free).reshape(G, B, pg)
+    design = make_design(spec, X)
+    if _gates.models_inputs(spec):  # a density on the inputs (Gaussian gates): its own sites, and log p(x)
+        fam_g = spec.gate_families[0]
+        gates = fam_g.bayes_gates(spec, gsd, priors, dtype)
+        numpyro.factor("x", jnp.sum(fam_g.log_marginal(spec, design.gate, gates)))
+    else:
+        gates = _sample_gates(spec, gsd, priors, dtype)
     intercept = numpyro.sample(
         "intercept", dist.Normal(scale.y_mean, priors.coef_scale * scale.y_sd).expand([L, k]).to_event(2)
     )
-    coef = numpyro.sample(
-        "coef",
-        dist.Normal(0.0, jnp.broadcast_to((priors.coef_scale * scale.y_sd / esd)[:, None], (L, pe, k))).to_event(3),
-    )
+    coef_sd = priors.coef_scale * jnp.atleast_1d(jnp.asarray(scale.y_sd, dtype))[None, :] / esd[:, None]  # (pe, k)
+    coef = numpyro.sample("coef", dist.Normal(0.0, jnp.broadcast_to(coef_sd, (L, pe, k))).to_event(3))
     fam = spec.expert_family
-    params = HMEParams(GateParams(bias, weight), ExpertParams(intercept, coef, **fam.bayes_noise(spec, scale,
-                                                                                               priors)))
-    design = make_design(spec, X)
+    params = HMEParams(gates, ExpertParams(intercept, coef, **fam.bayes_noise(spec, scale, priors)))
     log_pi = log_path_from_gates(spec, _gates.gate_log_probs(spec, design.gate, params.gates))  # (n, L)
     eta = linear_predictor(params.experts, design.expert)  # (n, L, k)
     y_dist = fam.bayes_likelihood(spec, log_pi, eta, params.experts)
@@ -114,6 +126,14 @@ def hme_model(spec: ModelSpec, X, y=None, scale: DataScale | None = None, priors
 
 def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
     """One posterior draw (a dict of site values) -> HMEParams on the centred inputs (traceable)."""
+    noise = spec.expert_family.noise_from_sites(spec, sample)
+    return HMEParams(_gates_from_sites(spec, sample),
+                     ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), **noise))
+
+
+def _gates_from_sites(spec: ModelSpec, sample: dict) -> GateParams:
+    if _gates.models_inputs(spec):
+        return spec.gate_families[0].gates_from_sites(spec, sample)
     t = spec.tree
     G, B = t.n_gates, t.max_branching
     fb, fw = _free_gate_entries(spec)
@@ -121,9 +141,7 @@ def params_from_sample(spec: ModelSpec, sample: dict) -> HMEParams:
     bias = jnp.zeros(G * B, b.dtype).at[fb].set(b).reshape(G, B)
     w = jnp.asarray(sample[_weight_site(spec)])
     weight = jnp.zeros((G * B, spec.n_gate_features), w.dtype).at[fw].set(w).reshape(G, B, -1)
-    noise = spec.expert_family.noise_from_sites(spec, sample)
-    return HMEParams(GateParams(bias, weight),
-                     ExpertParams(jnp.asarray(sample["intercept"]), jnp.asarray(sample["coef"]), **noise))
+    return GateParams(bias, weight)
 
 
 def posterior_means(spec: ModelSpec, samples: dict, X) -> jax.Array:
@@ -146,16 +164,14 @@ def _posterior_means(spec, samples, X):
 
 def sites_from_params(spec: ModelSpec, params: HMEParams) -> dict:
     """The inverse of :func:`params_from_sample`: sample-site values of a parameter set (e.g. an EM fit)."""
-    fb, fw = _free_gate_entries(spec)
     g, e = params
-    out = {
-        "gate_bias": jnp.asarray(g.bias).ravel()[fb],
-        _weight_site(spec): jnp.asarray(g.weight).reshape(
-            -1, spec.n_gate_features
-        )[fw],
-        "intercept": jnp.asarray(e.intercept),
-        "coef": jnp.asarray(e.coef),
-    }
+    if _gates.models_inputs(spec):
+        out = spec.gate_families[0].gate_sites(spec, g)
+    else:
+        fb, fw = _free_gate_entries(spec)
+        out = {"gate_bias": jnp.asarray(g.bias).ravel()[fb],
+               _weight_site(spec): jnp.asarray(g.weight).reshape(-1, spec.n_gate_features)[fw]}
+    out.update({"intercept": jnp.asarray(e.intercept), "coef": jnp.asarray(e.coef)})
     out.update(spec.expert_family.noise_sites(spec, e))
     return out
 

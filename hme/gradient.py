@@ -87,7 +87,11 @@ def from_unconstrained(spec: ModelSpec, u: dict, opts: FitOptions) -> HMEParams:
     fam = spec.expert_family
     cov = fam.constrained_cov(spec, u, opts.var_floor)
     df = fam.constrained_df(spec, u, u["intercept"].dtype)
-    return HMEParams(_gates.constrain(spec, u), ExpertParams(u["intercept"], u["coef"], cov, df))
+    coef = u["coef"]
+    if spec.shared_rows:  # fixed effects: every leaf reads leaf 0's shared rows (the others' get no gradient)
+        rows = jnp.asarray(spec.shared_rows) - 1
+        coef = coef.at[:, rows, :].set(jnp.broadcast_to(coef[0, rows, :], coef[:, rows, :].shape))
+    return HMEParams(_gates.constrain(spec, u), ExpertParams(u["intercept"], coef, cov, df))
 
 
 # -- objective and optimisation loop ---------------------------------------------------------------------

@@ -114,17 +114,13 @@ def n_free_parameters(spec: ModelSpec) -> int:
     k_gate = sum(fam.n_parameters(int(nc), spec.n_gate_features)
                  for fam, nc in zip(spec.gate_families, t.n_children, strict=True))
     k_exp = t.n_leaves * (spec.n_expert_features + 1) * spec.n_expert_outputs
+    k_exp -= (t.n_leaves - 1) * len(spec.shared_rows) * spec.n_expert_outputs  # fixed effects: one copy
     return int(k_gate + k_exp + spec.expert_family.n_noise_parameters(spec))
 
 
 def _parameter_map(spec, params, feature_names=None):
     """(theta, srcs, names): the free parameters, one index array per parameter leaf (θ-index of each entry,
     -1 where the entry is fixed: reference children, mirrored covariance entries) and readable names."""
-    if params.gates.cov is not None:
-        raise ValueError(
-            "standard errors are available for softmax and Laplace gates; Gaussian gates (a joint model of x and y) "
-            "are not supported yet"
-        )
     names_x = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(spec.n_features)]
     gnames = names_x if spec.gate_features is None else [names_x[i] for i in spec.gate_features]
     enames = names_x if spec.expert_features is None else [names_x[i] for i in spec.expert_features]
@@ -148,16 +144,28 @@ def _parameter_map(spec, params, feature_names=None):
             if free_weight[gi, c]:
                 for j, nm in enumerate(gnames):
                     src_gw[gi, c, j] = take(f"gate {gi} child {c}: {what} {nm}")
+    if params.gates.cov is not None:  # Gaussian gates: each child's covariance, upper triangle
+        src_gc = -np.ones(params.gates.cov.shape, int)
+        for gi in range(t.n_gates):
+            for c in range(t.n_children[gi]):
+                for a in range(len(gnames)):
+                    for b in range(a, len(gnames)):
+                        src_gc[gi, c, a, b] = src_gc[gi, c, b, a] = take(
+                            f"gate {gi} child {c}: cov[{gnames[a]}, {gnames[b]}]")
     k = spec.n_expert_outputs
     out = lambda kk: spec.expert_family.output_label(k, kk)
     src_ei = -np.ones(params.experts.intercept.shape, int)
     src_ec = -np.ones(params.experts.coef.shape, int)
+    shared = {r - 1 for r in spec.shared_rows}  # coef rows common to all leaves: one entry, named once
     for l in range(t.n_leaves):
         for kk in range(k):
             src_ei[l, kk] = take(f"leaf {l}: intercept{out(kk)}")
             for j, nm in enumerate(enames):
-                src_ec[l, j, kk] = take(f"leaf {l}: {nm}{out(kk)}")
-    srcs = [src_gb, src_gw, src_ei, src_ec]
+                if j in shared and l > 0:
+                    src_ec[l, j, kk] = src_ec[0, j, kk]
+                else:
+                    src_ec[l, j, kk] = take(f"{'shared' if j in shared else f'leaf {l}'}: {nm}{out(kk)}")
+    srcs = [src_gb, src_gw] + ([src_gc] if params.gates.cov is not None else []) + [src_ei, src_ec]
     if params.experts.cov is not None:
         m = spec.n_targets
         src_cov = -np.ones(params.experts.cov.shape, int)
@@ -263,6 +271,11 @@ def _information(spec, params, X, y, sample_weight, feature_names, kind, penalty
     pad = padded_length(n) - n
     if pad:
         X, y, w = (jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) for a in (X, y, w))
+    if params.gates.cov is not None:
+        raise ValueError(
+            "standard errors are available for softmax and Laplace gates; Gaussian gates (a joint model of x and y) "
+            "are not supported yet"
+        )
     theta, srcs, names = _parameter_map(spec, params, feature_names)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     x_mean = None

@@ -1,11 +1,11 @@
-r"""Random, exactly specified HMEs with Gaussian experts, and data drawn from them.
+r"""Random, exactly specified HMEs with Gaussian experts, and data drawn from HMEs of any regression family.
 
 :func:`random_truth` draws parameters for any tree and gate family so that every gate splits the inputs that
 reach it and the experts' regression planes differ; :func:`sample` draws ``(X, y)`` from those parameters:
 
 * softmax and Laplace gates: ``x ~ U[0, 1]^d``; Gaussian gate (one gate): ``z ~ π``, ``x ~ N(c_z, Γ_z)``;
 * the leaf ``l ~ π_l(x)`` (the product of the gate probabilities on its path), and
-  ``y = a_l + b_lᵀ x + σ_l ε``, ``ε ~ N(0, 1)``.
+  ``y = a_l + b_lᵀ x + σ_l ε``, ``ε ~ N(0, 1)`` (other families: the expert family's own draws).
 
 These are the truths of the start studies (``tests/test_start.py``, ``benchmarks/bench_start.py``): a fit can
 never have a lower log-likelihood than the parameters that generated the data, except by stopping at a worse
@@ -14,10 +14,11 @@ stationary point.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from .gates import log_marginal, models_inputs
-from .model import gate_path_probs, log_likelihood
+from .model import gate_path_probs, log_likelihood, make_design
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
 
@@ -82,7 +83,8 @@ def random_truth(spec: ModelSpec, rng: np.random.Generator, *, sharpness: float 
 
 
 def sample(spec: ModelSpec, params: HMEParams, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``(X (n, d), y (n,))`` drawn from the HME ``params`` (Gaussian experts, one output)."""
+    """``(X (n, d), y)`` drawn from the HME ``params``: y (n,) for one output, (n, m) for several; each row's
+    expert draws its target with the expert family's own sampler (Gaussian, Student-t, Poisson)."""
     g, e = params
     d = spec.n_features
     if spec.gate_families[0].models_inputs:
@@ -96,11 +98,10 @@ def sample(spec: ModelSpec, params: HMEParams, n: int, rng: np.random.Generator)
         prob = np.asarray(gate_path_probs(spec, params, X), np.float64)
         cum = np.cumsum(prob / prob.sum(1, keepdims=True), axis=1)
         leaf = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(1), prob.shape[1] - 1)
-    mean = e.intercept[leaf, 0] + np.einsum("nd,nd->n", X, e.coef[leaf, :, 0])
-    if e.df is not None:  # Student-t experts: the family's own draws
-        return X, spec.expert_family.sample(e, mean[:, None, None], leaf[:, None], rng)[:, 0, 0]
-    y = mean + np.sqrt(e.cov[leaf, 0, 0]) * rng.normal(size=n)
-    return X, y
+    with jax.enable_x64(True):  # a host-side float64 draw, whatever the global precision
+        means = np.asarray(spec.expert_family.mean(spec, e, make_design(spec, X).expert), np.float64)  # (n, L, m)
+    y = spec.expert_family.sample(e, means[np.arange(n), leaf][:, None, :], leaf[:, None], rng)[:, 0, :]
+    return X, (y[:, 0] if y.shape[1] == 1 else y)
 
 
 def total_log_likelihood(spec: ModelSpec, params: HMEParams, X: np.ndarray, y: np.ndarray) -> float:

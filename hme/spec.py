@@ -57,6 +57,10 @@ class ModelSpec:
         ε in the smoothed distance ``sqrt(‖W - x‖² + ε²)`` (keeps the gate differentiable at x = W).
     expert_df : float or None
         Student-t experts: fixed degrees of freedom ν for every leaf; None estimates ν_l per leaf.
+    shared_coef : tuple of int or None
+        Columns of ``X`` (among the expert features) whose expert coefficients are common to all leaves: fixed
+        effects, as in flexmix's ``FLXMRglmfix(fixed = ~ ...)``; the other coefficients and the intercepts vary by
+        leaf. Single-output Gaussian and Student-t experts, and Poisson experts.
     """
 
     tree: TreeSpec
@@ -70,6 +74,7 @@ class ModelSpec:
     shared_covariance: bool = False
     laplace_smoothing: float = 1e-6
     expert_df: float | None = None
+    shared_coef: tuple | None = None
 
     def __post_init__(self):
         from .families import expert_family, gate_family, gate_names
@@ -117,8 +122,34 @@ class ModelSpec:
         object.__setattr__(
             self, "expert_features", _as_index_tuple(self.expert_features, self.n_features, "expert_features")
         )
+        object.__setattr__(self, "shared_coef", _as_index_tuple(self.shared_coef, self.n_features, "shared_coef"))
+        self._check_shared_coef(expert)
+
+    def _check_shared_coef(self, expert) -> None:
+        """Validate ``shared_coef`` (already an index tuple) against the expert family and features."""
+        if not self.shared_coef:
+            object.__setattr__(self, "shared_coef", None)
+            return
+        if not expert.supports_shared_coef:
+            raise ValueError(f"shared_coef (fixed effects) is available for gaussian, student_t and poisson experts, "
+                             f"not {self.expert!r}")
+        if expert.has_cov and self.n_targets != 1:
+            raise ValueError(f"shared_coef with {self.expert} experts needs one output, got {self.n_targets}")
+        if self.expert_features is not None:
+            missing = [i for i in self.shared_coef if i not in self.expert_features]
+            if missing:
+                raise ValueError(f"shared_coef columns {missing} are not among the expert features "
+                                 f"{self.expert_features}")
 
     # -- derived sizes --------------------------------------------------------------------------------
+    @property
+    def shared_rows(self) -> tuple:
+        """Rows of the expert design ``[1, X_expert]`` whose coefficients are shared by all leaves (sorted)."""
+        if not self.shared_coef:
+            return ()
+        cols = list(range(self.n_features)) if self.expert_features is None else list(self.expert_features)
+        return tuple(sorted(1 + cols.index(i) for i in self.shared_coef))
+
     @property
     def n_gate_features(self) -> int:
         return self.n_features if self.gate_features is None else len(self.gate_features)

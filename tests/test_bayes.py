@@ -45,6 +45,56 @@ def test_numpyro_likelihood_is_the_cores(gate, expert, rng):
     assert got == pytest.approx(want, rel=1e-9)
 
 
+def _spd(rng, L, m):
+    A = rng.normal(size=(L, m, m))
+    return A @ A.transpose(0, 2, 1) + 0.5 * np.eye(m)
+
+
+@pytest.mark.parametrize("expert", ["gaussian", "student_t"])
+def test_numpyro_likelihood_is_the_cores_for_several_outputs(expert, rng):
+    """Full noise covariances through the (σ, LKJ Cholesky) sites: the y density is the core's log p(y | x)."""
+    spec = hme.make_spec(2, depth=2, expert=expert, n_targets=3)
+    p = random_params(spec, rng)
+    df = jnp.asarray(rng.uniform(2, 9, size=spec.tree.n_leaves)) if expert == "student_t" else None
+    p = p._replace(experts=p.experts._replace(cov=jnp.asarray(_spd(rng, spec.tree.n_leaves, 3)), df=df))
+    X, y = rng.normal(size=(40, 2)), rng.normal(size=(40, 3))
+    scale = bayes.data_scale(spec, X, y)
+    sites = bayes.sites_from_params(spec, p)
+    np.testing.assert_allclose(bayes.params_from_sample(spec, sites).experts.cov, p.experts.cov, rtol=1e-10)
+    model = handlers.substitute(partial(bayes.hme_model, spec), data=sites)
+    tr = handlers.trace(model).get_trace(jnp.asarray(X), jnp.asarray(y), scale, bayes.Priors())
+    got = float(jnp.sum(tr["y"]["fn"].log_prob(tr["y"]["value"])))
+    assert got == pytest.approx(float(np.sum(hme.log_likelihood(spec, p, X, y))), rel=1e-9)
+
+
+@pytest.mark.parametrize("p_in", [1, 3])
+def test_numpyro_gaussian_gate_model_is_the_joint_likelihood(p_in, rng):
+    """Gaussian gates: the y site is log p(y | x) and the factor "x" is Σ_t log Σ_c π_c N(x_t | c_c, Γ_c), both
+    against an independent SciPy computation."""
+    from scipy import stats
+    from scipy.special import logsumexp
+
+    spec = hme.make_spec(p_in, depth=1, branching=3, gate="gaussian")
+    p = random_params(spec, rng)
+    log_pi = np.log(rng.dirichlet(np.ones(3)))
+    gates = p.gates._replace(bias=jnp.asarray(log_pi[None]), cov=jnp.asarray(_spd(rng, 3, p_in)[None]))
+    p = p._replace(gates=gates, experts=p.experts._replace(cov=jnp.asarray(rng.uniform(0.2, 1, (3, 1, 1)))))
+    X, y = rng.normal(size=(40, p_in)), rng.normal(size=40)
+    sites = bayes.sites_from_params(spec, p)
+    model = handlers.substitute(partial(bayes.hme_model, spec), data=sites)
+    tr = handlers.trace(model).get_trace(jnp.asarray(X), jnp.asarray(y), bayes.data_scale(spec, X, y), bayes.Priors())
+    g_mean, g_cov = np.asarray(gates.weight[0]), np.asarray(gates.cov[0])
+    dens = np.stack([stats.multivariate_normal.logpdf(X, g_mean[c], g_cov[c])
+                     for c in range(3)], 1).reshape(40, 3)
+    log_px = float(tr["x"]["fn"].log_prob(tr["x"]["value"]))
+    assert log_px == pytest.approx(np.sum(logsumexp(dens + log_pi, 1)), rel=1e-9)
+    mu = np.stack([p.experts.intercept[c, 0] + X @ p.experts.coef[c, :, 0] for c in range(3)], 1)
+    sd = np.sqrt(np.asarray(p.experts.cov)[:, 0, 0])
+    post = dens + log_pi - logsumexp(dens + log_pi, 1, keepdims=True)
+    want = np.sum(logsumexp(post + stats.norm.logpdf(y[:, None], mu, sd), 1))
+    assert float(jnp.sum(tr["y"]["fn"].log_prob(tr["y"]["value"]))) == pytest.approx(want, rel=1e-9)
+
+
 def _check_against_truth(b, n_sd=3.0):
     post = b.posterior_params_
     draws = {
@@ -83,7 +133,8 @@ def _simulate_family(expert, n, rng):
     eta = np.where(z, 1 + 0.5 * X[:, 0], 0.5 - 0.3 * X[:, 0])
     if expert == "poisson":
         return X, rng.poisson(np.exp(eta)).astype(float)
-    return X, 2 * eta + np.where(z, 0.3, 0.5) * rng.standard_t(4, size=n)
+    noise = rng.standard_t(4, size=n) if expert == "student_t" else rng.normal(size=n)
+    return X, 2 * eta + np.where(z, 0.3, 0.5) * noise
 
 
 @pytest.mark.parametrize("expert", ["poisson", "student_t"])
@@ -100,6 +151,50 @@ def test_nuts_for_other_expert_families_mixes_and_covers_fresh_draws(expert):
     assert 0.85 <= cover <= 0.97, cover  # Poisson intervals are discrete: at least the nominal level
     if expert == "student_t":
         assert "leaf 0: df" in list(b.summary().index)
+
+
+def _simulate_two_outputs(n, rng, expert="gaussian"):
+    """A two-expert HME with two correlated outputs: noise correlation 0.5 in the expert of x < 0 (it predicts
+    y0 = -1 at x = 0: canonical leaf 0), -0.4 in the expert of x > 0 (y0 = +1 at x = 0: leaf 1)."""
+    X = rng.uniform(-2, 2, (n, 1))
+    z = rng.uniform(size=n) < 1 / (1 + np.exp(-3 * X[:, 0]))
+    mean = np.where(z[:, None], np.c_[1 + 2 * X[:, 0], -1 + X[:, 0]], np.c_[-1 - X[:, 0], 2 + 0 * X[:, 0]])
+    chol = np.linalg.cholesky(np.array([[[0.09, 0.06], [0.06, 0.16]], [[0.16, -0.064], [-0.064, 0.16]]]))
+    e = rng.standard_t(5, size=(n, 2)) if expert == "student_t" else rng.normal(size=(n, 2))
+    return X, mean + np.einsum("nij,nj->ni", chol[z.astype(int)], e)
+
+
+@pytest.mark.parametrize("expert", ["gaussian", "student_t"])
+def test_nuts_for_several_outputs_covers_fresh_draws_per_output(expert):
+    X, Y = _simulate_two_outputs(300, np.random.default_rng(0), expert)
+    b = hme.BayesianHMERegressor(depth=1, expert=expert, num_warmup=250, num_samples=250, num_chains=2,
+                                 random_state=0).fit(X, Y)
+    assert b.rhat_ < 1.05 and b.divergences_ <= 5, (b.rhat_, b.divergences_)
+    Xn, Yn = _simulate_two_outputs(3000, np.random.default_rng(1), expert)
+    assert b.predict(Xn).shape == (3000, 2)
+    lo, hi = b.predict_interval(Xn, 0.9)
+    cover = np.mean((Yn >= lo) & (Yn <= hi), axis=0)
+    assert np.all((cover >= 0.85) & (cover <= 0.95)), cover
+    # the noise correlation of each expert is recovered
+    cov = b.posterior_params_.experts.cov
+    corr = cov[:, :, 0, 1] / np.sqrt(cov[:, :, 0, 0] * cov[:, :, 1, 1])
+    mean, sd = corr.mean(0), corr.std(0)
+    assert np.all(np.abs(mean - np.array([0.5, -0.4])) <= 3 * sd + 0.02), (mean, sd)
+
+
+def test_nuts_with_gaussian_gates_samples_the_joint_model_and_covers_fresh_draws():
+    X, y = _simulate_family("gaussian", 300, np.random.default_rng(0))
+    b = hme.BayesianHMERegressor(depth=1, gate="gaussian", num_warmup=250, num_samples=250, num_chains=2,
+                                 random_state=0).fit(X, y)
+    assert b.rhat_ < 1.05 and b.divergences_ <= 5, (b.rhat_, b.divergences_)
+    Xn, yn = _simulate_family("gaussian", 3000, np.random.default_rng(1))
+    lo, hi = b.predict_interval(Xn, 0.9)
+    assert 0.85 <= np.mean((yn >= lo) & (yn <= hi)) <= 0.95
+    table = b.summary()
+    assert "gate 0 child 1: cov[x0, x0]" in table.index
+    # the gate means sit in the two halves of the input range, with weights near the regimes' shares
+    means = np.sort(b.posterior_params_.gates.weight[:, 0, :, 0].mean(0))
+    assert means[0] < -0.3 and means[1] > 0.3
 
 
 def test_to_arviz_is_inference_data_that_arviz_summarises_and_plots():

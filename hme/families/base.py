@@ -188,6 +188,8 @@ class ExpertFamily:
     closed_form: bool = False
     #: has degrees of freedom ``ExpertParams.df`` (Student-t): estimated, or fixed by ``ModelSpec.expert_df``
     has_df: bool = False
+    #: the M-step can hold some coefficient rows common to all leaves (``ModelSpec.shared_coef``)
+    supports_shared_coef: bool = False
 
     def n_outputs(self, n_targets: int) -> int:
         """Columns ``k`` of the coefficient matrices."""
@@ -307,6 +309,9 @@ class ExpertFamily:
         """(location, scale) of the linear predictor that the default priors centre the intercepts on and scale
         the slopes by (regression: y's mean and sd)."""
         y = np.asarray(y, np.float64)
+        if y.ndim == 2 and y.shape[1] > 1:  # one location and scale per output
+            sd = y.std(0)
+            return y.mean(0), np.where(sd > 0, sd, 1.0)
         return float(y.mean()), float(y.std()) or 1.0
 
     def bayes_noise(self, spec, scale, priors) -> dict:

@@ -6,7 +6,9 @@ penalty ``-(α/2) tr(Σ_l⁻¹ B_sᵀ B_s)`` (a conjugate matrix-normal prior), 
 .. math::  B_l = (Dᵀ H_l D + α J)^{-1} Dᵀ H_l Y,  \qquad
            Σ_l = \frac{Σ_t h_{tl} r_{tl} r_{tl}ᵀ + α B_{s}ᵀ B_{s}}{Σ_t h_{tl}}
 
-(``H_l`` = diag of leaf posteriors times sample weights, ``J`` = diag(0, 1, ..., 1)). ``Σ_l`` is then projected
+(``H_l`` = diag of leaf posteriors times sample weights, ``J`` = diag(0, 1, ..., 1)). With fixed effects
+(``ModelSpec.shared_coef``) the coefficients solve the leaves' equations scaled by ``Σ_l⁻¹`` jointly, shared rows
+tied (:func:`hme.families.linear.tied_solve`), before ``Σ_l`` is updated: an ECM step. ``Σ_l`` is then projected
 onto ``{Σ ⪰ var_floor}`` (eigenvalue clipping: the constrained maximiser), restricted to diagonal or
 spherical forms, or pooled over leaves when shared.
 """
@@ -25,7 +27,10 @@ from .._linalg import solve_psd
 from ..params import ExpertParams
 from . import register_expert
 from .base import ExpertFamily
-from .linear import linear_predictor, ridge_columns, slope_deviation
+from .linear import linear_predictor, ridge_columns, slope_deviation, tied_solve
+
+#: the LKJ prior's concentration on the noise correlations of several outputs (2: mildly towards independence)
+LKJ_CONCENTRATION = 2.0
 
 
 def inverse_cholesky(cov):
@@ -100,7 +105,12 @@ def weighted_m_step(spec, experts, design, y, leaf_w, leaf_gram, opts, mass=None
     if opts.coef_target is not None:  # ridge towards T: (G + P) B = Dᵀ H y + P T
         pull = pen[1:, None] * jnp.asarray(opts.coef_target, dtype)  # (p, m)
         rhs = rhs + jnp.concatenate([jnp.zeros((1, m), dtype), pull], 0)[None]
-    th = solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
+    shared = () if spec is None else spec.shared_rows
+    if shared:  # fixed effects: a CM-step given Σ_l, each leaf's equations in its precision (m = 1)
+        prec = 1.0 / experts.cov[:, 0, 0]
+        th = tied_solve(prec[:, None, None] * (leaf_gram + jnp.diag(pen)), prec[:, None, None] * rhs, shared)
+    else:
+        th = solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
     new = ExpertParams(th[:, 0, :], th[:, 1:, :], experts.cov)
     r = y[:, None, :] - linear_predictor(new, design)
     scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
@@ -163,6 +173,7 @@ class GaussianExpert(ExpertFamily):
     has_cov = True
     closed_form = True
     uses_gram = True
+    supports_shared_coef = True
 
     def log_prob(self, spec, experts, design, y):
         return log_prob(spec, experts, design, y)
@@ -216,27 +227,45 @@ class GaussianExpert(ExpertFamily):
             cov = (jnp.max(var_floor) + jnp.exp(u["cov"]))[..., None] * eye
         return jnp.broadcast_to(cov, (spec.tree.n_leaves, m, m))
 
+    # Bayes: per leaf and output a scale σ_lj ~ HalfNormal(noise_scale · sd(y_j)) (site "sigma", (L,) for one
+    # output); several outputs add an LKJ(2) correlation per leaf (Cholesky factor C_l, site "noise_corr"),
+    # Σ_l = diag(σ_l) C_l C_lᵀ diag(σ_l)
     def bayes_noise(self, spec, scale, priors):
         import numpyro
         import numpyro.distributions as dist
 
-        if spec.n_targets != 1:
-            raise ValueError(f"Bayesian {self.name} experts have one output")
-        L = spec.tree.n_leaves
-        sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
-        return {"cov": (sigma**2)[:, None, None]}
+        L, m = spec.tree.n_leaves, spec.n_targets
+        if m == 1:
+            sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * scale.y_sd).expand([L]).to_event(1))
+            return {"cov": (sigma**2)[:, None, None]}
+        y_sd = jnp.broadcast_to(jnp.asarray(scale.y_sd), (m,))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(priors.noise_scale * y_sd).expand([L, m]).to_event(2))
+        corr = numpyro.sample("noise_corr", dist.LKJCholesky(m, LKJ_CONCENTRATION).expand([L]).to_event(1))
+        chol = sigma[:, :, None] * corr
+        return {"cov": chol @ jnp.swapaxes(chol, -1, -2)}
 
     def bayes_likelihood(self, spec, log_pi, eta, experts):
         import numpyro.distributions as dist
 
-        sd = jnp.sqrt(experts.cov[:, 0, 0])
-        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.Normal(eta[..., 0], sd))
+        mix = dist.Categorical(logits=log_pi)
+        if spec.n_targets == 1:
+            return dist.MixtureSameFamily(mix, dist.Normal(eta[..., 0], jnp.sqrt(experts.cov[:, 0, 0])))
+        return dist.MixtureSameFamily(mix, dist.MultivariateNormal(eta, scale_tril=jnp.linalg.cholesky(experts.cov)))
 
     def noise_sites(self, spec, experts):
-        return {"sigma": jnp.sqrt(jnp.asarray(experts.cov)[:, 0, 0])}
+        cov = jnp.asarray(experts.cov)
+        sigma = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))  # (L, m)
+        if spec.n_targets == 1:
+            return {"sigma": sigma[:, 0]}
+        corr = cov / (sigma[:, :, None] * sigma[:, None, :])
+        return {"sigma": sigma, "noise_corr": jnp.linalg.cholesky(corr)}
 
     def noise_from_sites(self, spec, sample):
-        return {"cov": (jnp.asarray(sample["sigma"]) ** 2)[:, None, None]}
+        sigma = jnp.asarray(sample["sigma"])
+        if spec.n_targets == 1:
+            return {"cov": (sigma**2)[..., None, None]}
+        chol = sigma[..., :, None] * jnp.asarray(sample["noise_corr"])
+        return {"cov": chol @ jnp.swapaxes(chol, -1, -2)}
 
 
 GAUSSIAN = register_expert(GaussianExpert())

@@ -17,6 +17,9 @@ from ..params import GateParams
 from . import register_gate
 from .base import GateFamily, GateProblem
 
+#: the LKJ prior's concentration on the gate covariances' correlations (Bayes)
+LKJ_CONCENTRATION = 2.0
+
 
 def gaussian_logits(design: jax.Array, gates: GateParams) -> jax.Array:
     """``log π_c + log N(x_t | c_c, Γ_c)`` for all samples and children, (n, G, B), via Cholesky factors."""
@@ -104,6 +107,38 @@ class GaussianGate(GateFamily):
 
     def canonical_rows(self, bias, weight):
         return bias, weight
+
+    # -- Bayes (the joint model of x and y) ---------------------------------------------------------------------
+    # log π = log_softmax([0, a]) with a ~ N(0, gate_scale²) (child 0 the reference); means ~ N(0, (key_scale s_j)²)
+    # on the centred inputs; per child scales τ_cj ~ HalfNormal(s_j) and, for two or more inputs, an LKJ(2)
+    # correlation with Cholesky factor C_c: Γ_c = diag(τ_c) C_c C_cᵀ diag(τ_c)
+    def bayes_gates(self, spec, x_sd, priors, dtype) -> GateParams:
+        import numpyro
+        import numpyro.distributions as dist
+
+        B, p = spec.tree.max_branching, spec.n_gate_features
+        logit = numpyro.sample("gate_logit", dist.Normal(0.0, priors.gate_scale).expand([B - 1]).to_event(1))
+        mean = numpyro.sample("gate_mean", dist.Normal(0.0, priors.key_scale * x_sd).expand([B, p]).to_event(2))
+        tau = numpyro.sample("gate_sd", dist.HalfNormal(x_sd).expand([B, p]).to_event(2))
+        corr = (numpyro.sample("gate_corr", dist.LKJCholesky(p, LKJ_CONCENTRATION).expand([B]).to_event(1))
+                if p > 1 else None)
+        return self.gates_from_sites(spec, {"gate_logit": logit, "gate_mean": mean, "gate_sd": tau, "gate_corr": corr})
+
+    def gates_from_sites(self, spec, sample: dict) -> GateParams:
+        logit = jnp.asarray(sample["gate_logit"])
+        bias = jax.nn.log_softmax(jnp.concatenate([jnp.zeros(1, logit.dtype), logit]))[None]
+        tau = jnp.asarray(sample["gate_sd"])
+        chol = tau[..., :, None] * jnp.asarray(sample["gate_corr"]) if tau.shape[-1] > 1 else tau[..., None]
+        cov = chol @ jnp.swapaxes(chol, -1, -2)
+        return GateParams(bias, jnp.asarray(sample["gate_mean"])[None], cov[None])
+
+    def gate_sites(self, spec, gates: GateParams) -> dict:
+        bias, cov = jnp.asarray(gates.bias)[0], jnp.asarray(gates.cov)[0]
+        tau = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))  # (B, p)
+        out = {"gate_logit": bias[1:] - bias[0], "gate_mean": jnp.asarray(gates.weight)[0], "gate_sd": tau}
+        if tau.shape[-1] > 1:
+            out["gate_corr"] = jnp.linalg.cholesky(cov / (tau[:, :, None] * tau[:, None, :]))
+        return out
 
 
 GAUSSIAN_GATE = register_gate(GaussianGate())

@@ -3,6 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 
+from .._linalg import solve_psd
+
 
 def theta(experts):
     """(L, 1 + p, k): the intercept as row 0 of each leaf's coefficient matrix."""
@@ -53,3 +55,43 @@ def newton_maximise(f, grad_hess, theta):
         if gain <= 1e-12 * max(1.0, abs(val)):
             break
     return theta
+
+
+def tie_rows(theta_, rows):
+    """``theta_`` (L, q, k) with the rows ``rows`` (design rows of shared coefficients) set to their mean over
+    the leaves: the nearest parameters (in the Euclidean sense) that satisfy the fixed-effect constraint."""
+    if not rows:
+        return theta_
+    idx = jnp.asarray(rows)
+    return theta_.at[:, idx, :].set(jnp.broadcast_to(jnp.mean(theta_[:, idx, :], 0), theta_[:, idx, :].shape))
+
+
+def tied_solve(a, b, rows):
+    r"""Minimiser of ``Σ_l ½ θ_lᵀ A_l θ_l - b_lᵀ θ_l`` over θ (L, q, k) whose rows ``rows`` are common to all
+    leaves (fixed effects), for positive definite ``a`` (L, q, q) and ``b`` (L, q, k); ``rows`` empty: the leaves'
+    own solutions ``A_l⁻¹ b_l``.
+
+    With the rows split into the leaves' own (f) and the shared (s) ones, the normal equations have an arrow
+    structure, solved through the Schur complement of the own blocks:
+
+    .. math::  S = Σ_l A_{l,ss} - A_{l,sf} A_{l,ff}^{-1} A_{l,fs},  \qquad
+               γ = S^{-1} Σ_l (b_{l,s} - A_{l,sf} A_{l,ff}^{-1} b_{l,f}),  \qquad
+               θ_{l,f} = A_{l,ff}^{-1} (b_{l,f} - A_{l,fs} γ)
+
+    (one batched solve of the own blocks and one small solve; no (L q)² system).
+    """
+    if not rows:
+        return solve_psd(a, b)
+    q = a.shape[-1]
+    s = np.asarray(sorted(rows))
+    f = np.setdiff1d(np.arange(q), s)
+    a_ff, a_fs, a_ss = a[:, f][:, :, f], a[:, f][:, :, s], a[:, s][:, :, s]
+    sol = solve_psd(a_ff, jnp.concatenate([b[:, f], a_fs], -1))  # (L, |f|, k + |s|)
+    k = b.shape[-1]
+    own_b, own_a = sol[..., :k], sol[..., k:]
+    schur = jnp.sum(a_ss - jnp.einsum("lfs,lft->lst", a_fs, own_a), 0)
+    rhs = jnp.sum(b[:, s] - jnp.einsum("lfs,lfk->lsk", a_fs, own_b), 0)
+    gamma = solve_psd(schur, rhs)  # (|s|, k)
+    own = own_b - jnp.einsum("lfs,sk->lfk", own_a, gamma)
+    out = jnp.zeros(b.shape, sol.dtype).at[:, f].set(own)
+    return out.at[:, s].set(jnp.broadcast_to(gamma, (a.shape[0],) + gamma.shape))

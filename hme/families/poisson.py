@@ -16,7 +16,7 @@ from .._linalg import newton_ascent, solve_psd, weighted_gram
 from ..params import ExpertParams
 from . import register_expert
 from .base import ExpertFamily
-from .linear import linear_predictor, newton_maximise, ridge_columns, theta
+from .linear import linear_predictor, newton_maximise, ridge_columns, theta, tie_rows, tied_solve
 
 
 def log_prob(spec, experts, design, y):
@@ -35,6 +35,9 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     m = y.shape[1]
     dtype = design.dtype
     pen = ridge_columns(opts.alpha, q, dtype)
+    shared = () if spec is None else spec.shared_rows
+    if shared:
+        return _tied_m_step(experts, design, y, leaf_w, opts, shared)
     th = theta(experts).transpose(0, 2, 1).reshape(L * m, q)  # units (leaf, output)
     centre = jnp.zeros((L * m, q), dtype)
     if opts.coef_target is not None:  # (p, m) -> per unit (leaf, output)
@@ -57,6 +60,36 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     th, _ = newton_ascent(th, step, objective, f0)
     th = th.reshape(L, m, q).transpose(0, 2, 1)
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)
+
+
+def _tied_m_step(experts, design, y, leaf_w, opts, shared):
+    """The Newton step with fixed effects: per output, one step of all leaves jointly with the rows ``shared``
+    tied (:func:`hme.families.linear.tied_solve` on the leaves' curvatures), halved until the output's summed
+    objective does not fall. The current coefficients are first tied (a no-op after the first step)."""
+    q, m = design.shape[1], y.shape[1]
+    dtype = design.dtype
+    pen = ridge_columns(opts.alpha, q, dtype)
+    centre = jnp.zeros((q, m), dtype)
+    if opts.coef_target is not None:
+        centre = jnp.concatenate([jnp.zeros((1, m), dtype), jnp.asarray(opts.coef_target, dtype)], 0)
+    th = tie_rows(theta(experts), shared)  # (L, q, m)
+
+    def objective(t):  # (m, L, q) -> (m,): per output, summed over leaves
+        eta = jnp.einsum("nq,klq->nlk", design, t)
+        ll = jnp.einsum("nl,nlk->k", leaf_w, y[:, None, :] * eta - jnp.exp(eta))
+        return ll - 0.5 * jnp.einsum("klq,q->k", (t - centre.T[:, None, :]) ** 2, pen)
+
+    eta = jnp.einsum("nq,lqk->nlk", design, th)
+    mu = jnp.exp(eta)
+    grad = jnp.einsum("nq,nlk->lqk", design, leaf_w[:, :, None] * (y[:, None, :] - mu)) - pen[None, :, None] * (
+        th - centre[None])
+    curv = jnp.einsum("nq,nlk,nr->klqr", design, leaf_w[:, :, None] * mu, design) + jnp.diag(pen)  # (m, L, q, q)
+    th_k = th.transpose(2, 0, 1)  # (m, L, q)
+    rhs = jnp.einsum("klqr,klr->klq", curv, th_k) + grad.transpose(2, 0, 1)
+    target = jax.vmap(lambda a, b: tied_solve(a, b[..., None], shared)[..., 0])(curv, rhs)
+    new, _ = newton_ascent(th_k, target - th_k, objective, objective(th_k))
+    new = new.transpose(1, 2, 0)
+    return ExpertParams(new[:, 0, :], new[:, 1:, :], None)
 
 
 # -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
@@ -93,6 +126,7 @@ def sample(experts, means, leaf, rng):
 
 class PoissonExpert(ExpertFamily):
     name = "poisson"
+    supports_shared_coef = True
 
     def check_targets(self, y):
         if np.any(np.asarray(y) < 0):

@@ -210,8 +210,11 @@ class StudentTExpert(GaussianExpert):
     def bayes_likelihood(self, spec, log_pi, eta, experts):
         import numpyro.distributions as dist
 
-        sd = jnp.sqrt(experts.cov[:, 0, 0])
-        return dist.MixtureSameFamily(dist.Categorical(logits=log_pi), dist.StudentT(experts.df, eta[..., 0], sd))
+        mix = dist.Categorical(logits=log_pi)
+        if spec.n_targets == 1:
+            return dist.MixtureSameFamily(mix, dist.StudentT(experts.df, eta[..., 0], jnp.sqrt(experts.cov[:, 0, 0])))
+        return dist.MixtureSameFamily(mix, dist.MultivariateStudentT(experts.df, eta,
+                                                                     jnp.linalg.cholesky(experts.cov)))
 
     def noise_sites(self, spec, experts):
         out = super().noise_sites(spec, experts)
