@@ -18,9 +18,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import hme
-from hme import gates as tree_gates
 from hme import model as _model
-from hme.fitting import record_fit
+from hme.fitting import input_variances, record_fit, standardised_gate_ridge
 from hme.grow import single_expert_parameters
 from hme.inference import n_free_parameters, standard_errors
 
@@ -49,17 +48,6 @@ class NotIdentifiedWarning(UserWarning):
 
 class DegenerateFitWarning(UserWarning):
     """The returned fit has an empty leaf or a Gaussian expert whose variance sits on ``var_floor``."""
-
-
-def _input_variances(X, sample_weight, features) -> np.ndarray:
-    """Weighted variance of each input in ``features`` (all when None); 1 for a constant input."""
-    Xs = np.asarray(X, np.float64)
-    if features is not None:
-        Xs = Xs[:, list(features)]
-    w = np.asarray(sample_weight, np.float64)
-    w = w / w.sum()
-    var = w @ (Xs - w @ Xs) ** 2 if Xs.shape[1] else np.zeros(0)
-    return np.where(var > 0, var, 1.0)
 
 
 def check_sample_weight(sample_weight, X, dtype) -> np.ndarray:
@@ -184,7 +172,7 @@ class HMEBase(BaseEstimator):
         from hme.pooled import pooled_slopes
 
         strength = self._auto_strength(spec) if isinstance(self.alpha, str) else float(self.alpha)
-        var = _input_variances(X, sample_weight, spec.expert_features)
+        var = input_variances(X, sample_weight, spec.expert_features)
         if self.shrink_to == "zero" or strength == 0:
             return strength * var, None
         return strength * var, pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
@@ -194,9 +182,7 @@ class HMEBase(BaseEstimator):
         ridge on the standardised scale), γ for Laplace gates (biases only)."""
         if not isinstance(self.gate_alpha, str):
             return float(self.gate_alpha)
-        if not tree_gates.uses_node_gram(spec):  # one ridge per design column only for linear-logit gates
-            return AUTO_GATE_ALPHA
-        return AUTO_GATE_ALPHA * np.concatenate([[1.0], _input_variances(X, sample_weight, spec.gate_features)])
+        return standardised_gate_ridge(spec, X, sample_weight, AUTO_GATE_ALPHA)
 
     def _engine_options(self, X, Y, sample_weight, spec, var_floor, start):
         """The core's keyword arguments for ``spec``: the ridges translated to it (``alpha`` on the standardised

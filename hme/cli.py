@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     rates.add_argument("--seed", type=int, default=0)
     rates.add_argument("--restarts", type=int, default=None, help="restarts of every setting (default: per experiment)")
     rates.add_argument("--max-iter", type=int, default=None, help="EM iteration cap (default 2000; quick 500)")
+    rates.add_argument("--default-gate-alpha", default="1e-8",
+                       help="gate ridge of the default-start fits: a number (raw scale; default 1e-8, as the "
+                            "near-truth fits), or std:γ, a ridge γ on the standardised inputs (std:1 = the "
+                            "estimators' gate_alpha='auto')")
     rates.add_argument("--start", choices=("near-truth", "default", "both"), default="near-truth",
                        help="near-truth starts (the papers' protocol), the estimators' default start (emEM, "
                             "n_init=3), or both on the same samples")
@@ -133,6 +137,17 @@ def _fit(args) -> int:
     return 0
 
 
+def _gate_alpha_arg(text: str) -> float | str:
+    """``--default-gate-alpha``: a non-negative number, or ``std:γ`` with γ >= 0."""
+    try:
+        value = float(text[4:] if text.startswith("std:") else text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise SystemExit(f"--default-gate-alpha must be a number >= 0 or std:γ with γ >= 0, got {text!r}")
+    return text if text.startswith("std:") else value
+
+
 def _rates(args) -> int:
     import warnings
 
@@ -145,7 +160,8 @@ def _rates(args) -> int:
         )  # overflow in diverging over-specified fits: counted as failures
         starts = experiments.STARTS if args.start == "both" else (args.start,)
         runs = [experiments.run(args.experiment, quick=args.quick, seed=args.seed, settings=settings,
-                                restarts=args.restarts, max_iter=args.max_iter, start=start) for start in starts]
+                                restarts=args.restarts, max_iter=args.max_iter, start=start,
+                                default_gate_alpha=_gate_alpha_arg(args.default_gate_alpha)) for start in starts]
         results = runs[0]
         for extra in runs[1:]:
             results["results"] += extra["results"]

@@ -53,7 +53,7 @@ CSV = Path(hme.__file__).resolve().parents[1] / "docs" / "deep_vs_flat.csv"
 if CSV.exists() and not SMALL:
     with open(CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    print(f"{len(rows)} rows from {CSV}")
+    print(f"{len(rows)} rows from docs/{CSV.name}")
 else:
     kx, ky = load_kin8nm(np.float64)
     data = {"tonedata": load_tonedata(), "mcycle": load_mcycle(), "kin8nm (2000 rows)": (kx[:2000], ky[:2000])}

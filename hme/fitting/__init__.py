@@ -6,7 +6,8 @@
 * :mod:`.driver` -- the one compiled iterate loop (:func:`iterate`: stopping rule, history, last finite state,
   progress) that EM (:mod:`hme.em`) and the gradient solvers (:mod:`hme.gradient`) plug their steps into;
 * :mod:`.restarts` -- each restart's health and the choice of the winner (:func:`best_of`);
-* :mod:`.record` -- what a finished fit leaves behind, as NumPy (:func:`record_fit`; the estimators' attributes).
+* :mod:`.record` -- what a finished fit leaves behind, as NumPy (:func:`record_fit`; the estimators' attributes);
+* :mod:`.ridges` -- the default ridges on the standardised input scale (:func:`standardised_gate_ridge`).
 """
 
 from .driver import IterateResult, iterate
@@ -25,6 +26,7 @@ from .problem import (
 )
 from .record import FitRecord, degeneracy, record_fit
 from .restarts import EMResult, Trace, best_of, healthy, keep_where, leaf_health, ranks_higher, replace_best_run
+from .ridges import input_variances, standardised_gate_ridge
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -47,6 +49,7 @@ __all__ = [
     "degeneracy",
     "e_step",
     "healthy",
+    "input_variances",
     "iterate",
     "keep_where",
     "leaf_health",
@@ -54,4 +57,5 @@ __all__ = [
     "prepare_fit",
     "ranks_higher",
     "record_fit",
+    "standardised_gate_ridge",
 ]

@@ -297,27 +297,35 @@ DEFAULT_START_RESTARTS = 3
 def fit_from_default_start(spec: ModelSpec, datasets, max_iter=2000, tol=1e-6, gate_alpha=1e-8, seed=0):
     """Fit every replicate with :func:`hme.fit_em`'s default start (emEM screening, ``n_init=3``) and the same
     objective as :func:`fit_replicates` (no expert ridge, gate ridge ``gate_alpha``, variance floor 1e-8); returns
-    (params, objective, n_iter, converged) stacked over replicates."""
+    (params, objective, n_iter, converged) stacked over replicates. ``gate_alpha`` a string ``"std:γ"``: a ridge
+    of strength γ on the standardised gate inputs (:func:`hme.fitting.standardised_gate_ridge`; ``"std:1"`` is
+    the estimators' ``gate_alpha="auto"``)."""
     from ..em import fit_em
+    from ..fitting import standardised_gate_ridge
 
     out = []
     with jax.enable_x64(True):
         for r, (X, y) in enumerate(datasets):
+            ga = gate_alpha
+            if isinstance(gate_alpha, str):
+                ga = standardised_gate_ridge(spec, X, np.ones(len(X)), float(gate_alpha.split(":")[1]))
             res = fit_em(spec, X, y, n_init=DEFAULT_START_RESTARTS, random_state=seed + r, max_iter=max_iter, tol=tol,
-                         alpha=0.0, gate_alpha=gate_alpha, var_floor=1e-8, interruptible=False)
+                         alpha=0.0, gate_alpha=ga, var_floor=1e-8, interruptible=False)
             res = jax.device_get(res)
             out.append((res.params, res.objective, res.n_iter, res.converged))
     return jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *out)
 
 
 def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | None = None, log=print,
-        restarts: int | None = None, max_iter: int | None = None, start: str = "near-truth") -> dict:
+        restarts: int | None = None, max_iter: int | None = None, start: str = "near-truth",
+        default_gate_alpha: float | str = 1e-8) -> dict:
     """Run an experiment; returns the JSON-ready results (see :func:`hme.theory.report.to_markdown`).
 
     ``restarts`` sets the restarts of every setting and ``max_iter`` EM's iteration cap (defaults: 3 restarts for
     the over-specified softmax and Laplace fits, 1 for the Gaussian (S7's protocol) and two-level ones, 2000
     iterations, 500 in quick runs). ``start="default"`` fits every replicate from the estimators' default start
-    (:func:`fit_from_default_start`) instead of near-truth starts."""
+    (:func:`fit_from_default_start`) instead of near-truth starts, with the gate ridge ``default_gate_alpha``
+    (default: the near-truth fits' 1e-8; ``"std:1"``: the estimators' default ridge)."""
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     p = plan(experiment, quick, restarts, max_iter)
@@ -348,7 +356,7 @@ def run(experiment: str, quick: bool = False, seed: int = 0, settings: list | No
                     ]
                 if start == "default":
                     params, obj, n_iter, conv = fit_from_default_start(spec, data, p["max_iter"], p["tol"],
-                                                                       seed=fit_seed)
+                                                                       gate_alpha=default_gate_alpha, seed=fit_seed)
                 else:
                     # quick: two compiled programs per setting (small sizes share one bucket, large ones another)
                     pad = (4096 if n <= 4096 else _bucket(int(max(p["n"])))) if quick else None
