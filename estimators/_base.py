@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import hme
 from hme import model as _model
+from hme import sharding
 from hme.fitting import input_variances, record_fit, standardised_gate_ridge
 from hme.grow import single_expert_parameters
 from hme.inference import n_free_parameters, standard_errors
@@ -80,6 +81,15 @@ def precision_scope(dtype):
     return contextlib.nullcontext()
 
 
+def compute_scope(dtype, devices):
+    """The context every core call of an estimator runs in: the input's precision (:func:`precision_scope`) and
+    the rows split over ``devices`` (:mod:`hme.sharding`; 1 or None: one device)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(precision_scope(dtype))
+    stack.enter_context(sharding.data_parallel(sharding.make_mesh(devices)))
+    return stack
+
+
 class HMEBase(BaseEstimator):
     #: the strength ``alpha="auto"`` stands for (pseudo-observations on the standardised scale)
     _auto_alpha = AUTO_ALPHA
@@ -101,6 +111,7 @@ class HMEBase(BaseEstimator):
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_candidates": [Interval(numbers.Integral, 1, None, closed="left")],
         "init_params": [StrOptions({"kmeans", "kmeans_xy", "random"})],
+        "devices": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"all"}), list, None],
         "gate_solver": [StrOptions({"newton", "bound"})],
         "solver": [StrOptions({"em", "gradient"})],
         "optimizer": [StrOptions({"lbfgs", "adam"})],
@@ -140,6 +151,9 @@ class HMEBase(BaseEstimator):
             else:
                 raise TypeError(f"{name} must hold column indices or names, got {f!r}")
         return tuple(out)
+
+    def _scope(self, dtype):
+        return compute_scope(dtype, getattr(self, "devices", 1))
 
     def _n_parameters(self, spec):
         if spec is getattr(self, "_spec", None) and self._single_expert():
@@ -196,7 +210,7 @@ class HMEBase(BaseEstimator):
 
     def _run_engine(self, spec, X, Y, seed, reseed=None, **options):
         """One fit by the chosen engine; ``reseed`` is EM's re-seeding after the fit (:func:`hme.fit_em`)."""
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             if self.solver == "gradient":
                 return hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
                                         batch_size=self.batch_size, random_state=seed, **options)
@@ -225,7 +239,7 @@ class HMEBase(BaseEstimator):
             perm = rng.permutation(X.shape[0])
             rows, val = np.sort(perm[n_val:]), np.sort(perm[:n_val])
             validation = (X[val], Y[val], np.asarray(sample_weight, np.float64)[val])
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             grown = grow_tree(template, X[rows], Y[rows], sample_weight=sample_weight[rows], gate=self.gate,
                               max_leaf_nodes=self.max_leaf_nodes, criterion=self.grow_criterion,
                               validation=validation, prune=self.prune,
@@ -258,7 +272,7 @@ class HMEBase(BaseEstimator):
         a = np.asarray(alpha, np.float64)
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
                              gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             record = record_fit(spec, res, X, Y, sample_weight)
         self._spec = spec
         self.tree_ = spec.tree
@@ -350,14 +364,14 @@ class HMEBase(BaseEstimator):
     def predict_leaf_proba(self, X):
         """Gate path probabilities π_l(x) of every leaf, shape (n_samples, n_leaves)."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             return np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X))  # gates: X clipped above
 
     def predict_expert_mean(self, X):
         """Every expert's own prediction μ_l(x) (class probabilities for classifiers), shape (n_samples, n_leaves)
         for one output, else (n_samples, n_leaves, n_outputs)."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
         return mu[..., 0] if mu.shape[-1] == 1 else mu
 
@@ -367,7 +381,7 @@ class HMEBase(BaseEstimator):
         from hme.describe import describe_tree
 
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             return describe_tree(
                 self._spec, self._params_jax(), X, feature_names=getattr(self, "feature_names_in_", None)
             )
@@ -390,21 +404,21 @@ class HMEBase(BaseEstimator):
         experts' inputs clipped as ``out_of_bounds`` says (``bic``, ``aic``, ``icl`` and ``summary`` use the
         fitted parametric model)."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y),
                                                     expert_box=self._expert_box()))
 
     def posterior_leaf_proba(self, X, y):
         """Posterior leaf probabilities h_l given (x, y), shape (n_samples, n_leaves)."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             return np.asarray(_model.posteriors(self._spec, self._params_jax(), X, self._core_y(y),
                                                 expert_box=self._expert_box())["leaf"])
 
     def _parametric_log_likelihood(self, X, y):
         """log p(y | x) of the fitted parametric model (no ``out_of_bounds`` clipping of the experts)."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             return np.asarray(_model.log_likelihood(self._spec, self._params_jax(), X, self._core_y(y)))
 
     def bic(self, X, y):
@@ -420,7 +434,7 @@ class HMEBase(BaseEstimator):
     def icl(self, X, y):
         """Integrated completed likelihood: BIC + 2 × entropy of the leaf posteriors (Biernacki et al. 2000)."""
         X_checked = self._check_X(X)
-        with precision_scope(X_checked.dtype):
+        with self._scope(X_checked.dtype):
             h = np.asarray(_model.posteriors(self._spec, self._params_jax(), X_checked, self._core_y(y))["leaf"])
         ent = -np.sum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))
         return self.bic(X, y) + 2 * float(ent)
@@ -457,7 +471,7 @@ class HMEBase(BaseEstimator):
         if pen is not None:
             opts = hme.FitOptions(tol=0.0, alpha=pen["alpha"], gate_alpha=pen["gate_alpha"], var_floor=np.ones(1),
                                   coef_target=pen["coef_target"])
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             res = standard_errors(self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
                                   feature_names=getattr(self, "feature_names_in_", None), penalty_opts=opts)
         est, sev, names = res.estimate, res.std_err, res.names

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import hme
 from hme import model as _model
 
-from ._base import HMEBase, check_sample_weight, precision_scope
+from ._base import HMEBase, check_sample_weight
 
 
 class HMEClassifier(ClassifierMixin, HMEBase):
@@ -62,6 +62,7 @@ class HMEClassifier(ClassifierMixin, HMEBase):
         verbose=0,
         verbose_interval=10,
         out_of_bounds="clip",
+        devices=1,
     ):
         self.depth = depth
         self.branching = branching
@@ -90,6 +91,7 @@ class HMEClassifier(ClassifierMixin, HMEBase):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.out_of_bounds = out_of_bounds
+        self.devices = devices
 
     def fit(self, X, y, sample_weight=None):
         self._validate_params()
@@ -130,7 +132,7 @@ class HMEClassifier(ClassifierMixin, HMEBase):
         The mixture ``log Σ_l π_l(x) p_l(c | x)`` is formed in log space in the fit's dtype and renormalised in
         float64, so ``exp`` of each row sums to 1 within float64 rounding."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             lp = np.asarray(_model.predict_log_proba(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
                             np.float64)
         return lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)

@@ -15,7 +15,7 @@ from hme import model as _model
 from hme import predictive
 from hme.families import expert_family, expert_names
 
-from ._base import HMEBase, check_sample_weight, precision_scope
+from ._base import HMEBase, check_sample_weight
 
 
 class HMERegressor(RegressorMixin, HMEBase):
@@ -100,6 +100,12 @@ class HMERegressor(RegressorMixin, HMEBase):
         line search) and ``batch_size`` (Adam on minibatches, reshuffled every epoch; ``max_iter`` then counts
         epochs) go with it.
 
+    devices : int, "all" or list of devices, default=1
+        Data parallelism: the rows are split over this many devices (a 1-D ``jax.sharding.Mesh``, parameters
+        replicated, statistics all-reduced by the compiler; :mod:`hme.sharding`) in fit and prediction. The answer
+        equals one device's up to rounding. On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set
+        before JAX starts) makes N host devices.
+
     Attributes
     ----------
     params_ : HMEParams of NumPy arrays (gates in level order, leaves left to right)
@@ -155,6 +161,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         verbose=0,
         verbose_interval=10,
         out_of_bounds="clip",
+        devices=1,
     ):
         self.depth = depth
         self.branching = branching
@@ -189,6 +196,7 @@ class HMERegressor(RegressorMixin, HMEBase):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.out_of_bounds = out_of_bounds
+        self.devices = devices
 
     def fit(self, X, y, sample_weight=None):
         """Fit by EM. ``y`` of shape (n_samples,) or (n_samples, n_outputs)."""
@@ -227,14 +235,14 @@ class HMERegressor(RegressorMixin, HMEBase):
     def predict(self, X):
         """Predictive mean E[y | x]."""
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             mean = np.asarray(_model.predict_mean(self._spec, self._params_jax(), X, expert_box=self._expert_box()))
         return mean[:, 0] if self._y_1d else mean
 
     # -- the predictive distribution ----------------------------------------------------------------------
     def _mixture(self, X):
         X = self._check_X(X)
-        with precision_scope(X.dtype):
+        with self._scope(X.dtype):
             pi = np.asarray(_model.gate_path_probs(self._spec, self._params_jax(), X), np.float64)
             mu = np.asarray(_model.leaf_means(self._spec, self._params_jax(), X, expert_box=self._expert_box()),
                             np.float64)

@@ -49,6 +49,7 @@ from .fitting import (
 from .init import content_order, initial_responsibilities, params_from_responsibilities, weighted_draw
 from .model import edge_mass
 from .params import GateParams, HMEParams, center_params
+from .sharding import accepts_mesh
 from .spec import ModelSpec
 
 GATE_SOLVERS = ("newton", "bound")
@@ -232,6 +233,7 @@ def _fit(spec, cfg, X, y, w, keys, opts, start_params):
     return best_of(spec, traces, data, opts, x_mean)
 
 
+@accepts_mesh
 def fit_em(
     spec: ModelSpec,
     X,
@@ -296,6 +298,10 @@ def fit_em(
         short EM runs start from the best fit with the keys re-drawn at data rows (:func:`reseeded_starts`); the
         best runs to convergence and replaces the winning restart when its penalised log-likelihood is higher.
         None (default): on for the default start, off when ``start_params`` is given.
+    mesh : data parallelism (:mod:`hme.sharding`): an int (the first k devices), ``"all"``, a list of devices or a
+        ``jax.sharding.Mesh``; the rows are split over the devices and the statistics all-reduced, with the same
+        answer as one device up to rounding. Default: one device (or the enclosing
+        :func:`hme.sharding.data_parallel` context).
 
     Returns
     -------

@@ -46,6 +46,7 @@ from .fitting import (
     prepare_fit,
 )
 from .params import ExpertParams, HMEParams
+from .sharding import accepts_mesh
 from .spec import ModelSpec
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -192,6 +193,7 @@ def _fit_gradient(spec, cfg, X, y, w, keys, opts, start_params):
     return best_of(spec, traces, data, opts, x_mean)
 
 
+@accepts_mesh
 def fit_gradient(
     spec: ModelSpec,
     X,
@@ -221,7 +223,8 @@ def fit_gradient(
         default 1e-2; full batch or minibatches of ``batch_size`` rows)
     max_iter : iterations (full batch) or epochs (minibatch); ``tol`` : EM's relative-change rule (default 1e-9:
         gradient steps change the objective less per step than EM's, so the rule needs a tighter tolerance)
-    Everything else, ``verbose`` (progress bar) and ``interruptible`` (Ctrl-C stops the compiled loop within one
+    Everything else, ``mesh`` (rows over several devices, :mod:`hme.sharding`), ``verbose`` (progress bar) and
+    ``interruptible`` (Ctrl-C stops the compiled loop within one
     iteration) included, as in :func:`hme.fit_em`. Returns an :class:`hme.EMResult` (``history``: the objective per
     iteration or epoch).
     """

@@ -70,15 +70,21 @@ def _seed_centres(key, F, w, k, power):
     order_key, key = jax.random.split(key)
     order = content_order(order_key, F)
     keys = jax.random.split(key, k)
-    C = jnp.zeros((k, F.shape[1]), F.dtype).at[0].set(F[weighted_draw(keys[0], order, w)])
+    first = F[weighted_draw(keys[0], order, w)]
+    C = jnp.zeros((k, F.shape[1]), F.dtype).at[0].set(first)
 
-    def body(i, C):
-        d2 = jnp.min(jnp.where(jnp.arange(k)[None] < i, _sq_dist(F, C), jnp.inf), axis=1)
+    # the squared distance to the nearest centre so far, updated with each new centre by direct differences: a
+    # row equal to a centre is at exactly 0 however the rows are blocked or split over devices (the expansion
+    # |x|² - 2 x·c + |c|² leaves roundoff there, which would decide whether the row can be drawn again)
+    def body(i, carry):
+        C, d2 = carry
         p = w * (d2 if power == 2 else (d2 > 0).astype(F.dtype))
         p = jnp.where(jnp.sum(p) > 0, p, w)
-        return C.at[i].set(F[weighted_draw(keys[i], order, p)])
+        c = F[weighted_draw(keys[i], order, p)]
+        return C.at[i].set(c), jnp.minimum(d2, jnp.sum((F - c) ** 2, axis=1))
 
-    return jax.lax.fori_loop(1, k, body, C)
+    C, _ = jax.lax.fori_loop(1, k, body, (C, jnp.sum((F - first) ** 2, axis=1)))
+    return C
 
 
 def _lloyd(F, w, C):

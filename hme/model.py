@@ -119,14 +119,16 @@ def _bucketed(fn):
     @functools.wraps(fn)
     def wrapper(spec, params, X, *rest, expert_box=None):
         from ._linalg import padded_length
+        from .sharding import padded_rows, place_rows
 
         code_space.ensure_code_space()
         X = jnp.asarray(X)
         n = X.shape[0]
-        pad = padded_length(n) - n
+        pad = padded_rows(n, padded_length(n)) - n
         if pad:
             X = jnp.pad(X, ((0, pad), (0, 0)))
             rest = tuple(jnp.pad(jnp.asarray(r), ((0, pad),) + ((0, 0),) * (jnp.ndim(r) - 1)) for r in rest)
+        X, *rest = place_rows(X, *(jnp.asarray(r) for r in rest))  # hme.sharding: rows over the devices
         if expert_box is not None:
             expert_box = ExpertBox(*(jnp.asarray(a) for a in expert_box))
         out = fn(spec, params, X, *rest, expert_box=expert_box)

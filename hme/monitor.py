@@ -116,7 +116,13 @@ def report(k: jax.Array, objective: jax.Array) -> jax.Array:
 
 
 def wanted(spec, n_rows: int, verbose: int, interruptible: bool) -> bool:
-    """Whether a fit compiles the per-iteration report in: always when ``verbose``, else for expensive iterations."""
+    """Whether a fit compiles the per-iteration report in: always when ``verbose``, else for expensive iterations;
+    never when the rows are sharded over several devices (:mod:`hme.sharding`: a host callback inside a
+    partitioned loop would run once per device)."""
+    from .sharding import n_shards
+
+    if n_shards() > 1:
+        return False
     return bool(verbose) or (interruptible and worth_monitoring(spec, n_rows))
 
 

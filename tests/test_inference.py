@@ -211,7 +211,16 @@ def test_free_parameters_follow_each_levels_gate_family(rng):
     np.testing.assert_allclose(np.asarray(ll_canon), np.asarray(ll), rtol=1e-10)
 
 
-def test_gaussian_gates_get_a_clear_error_not_an_index_error():
+def test_gaussian_gates_get_a_clear_error_not_an_index_error(rng):
+    """Gaussian gates' parameters map to a vector and back (their covariances' upper triangles, named; the
+    Bayesian summary tabulates them), but standard errors are refused with a clear message."""
     spec = hme.make_spec(2, depth=1, gate="gaussian")
+    p = hme.params.zeros_params(spec, jnp.float64 if X64 else jnp.float32)
+    theta, unflatten, names = free_parameters(spec, p, ["a", "b"])
+    assert "gate 0 child 1: cov[a, b]" in names and len(set(names)) == len(names)
+    back = unflatten(theta)
+    for x, z in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(p), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(z))
+    X, y = rng.normal(size=(30, 2)), rng.normal(size=30)
     with pytest.raises(ValueError, match="Gaussian gates"):
-        free_parameters(spec, hme.params.zeros_params(spec))
+        hme.inference.standard_errors(spec, p, X, y)

@@ -22,6 +22,7 @@ from .._linalg import padded_length
 from ..init import INIT_METHODS
 from ..model import Design, make_design, prepare_targets
 from ..params import HMEParams, cast_params, check_params
+from ..sharding import padded_rows, place_rows
 from ..spec import ModelSpec
 
 #: Default ridge on gate coefficients (penalty ½ α Σ θ², on the scale of the summed log-likelihood).
@@ -198,10 +199,11 @@ def prepare_fit(
         check_params(spec, start_params)
         start_params = cast_params(start_params, dtype)
     n = X.shape[0]
-    pad = padded_length(n) - n
+    pad = padded_rows(n, padded_length(n)) - n
     if pad:  # zero-weight rows: nearby sample sizes reuse one compiled program
         X = jnp.pad(X, ((0, pad), (0, 0)))
         y = jnp.pad(y, ((0, pad), (0, 0)))
         w = jnp.pad(w, (0, pad))
+    X, y, w = place_rows(X, y, w)  # split over the devices of a data-parallel context (hme.sharding)
     return Prepared(X=X, y=y, weight=w, keys=keys, opts=opts, start_params=start_params,
                     user_init=start_params is not None)
