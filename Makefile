@@ -28,7 +28,7 @@ lint: $(STAMP)
 # Nothing is rerun: a crash or a hang is a bug to root-cause. (The compile segfault that hit about one run in
 # two was the JIT exhausting vm.max_map_count; hme.code_space guards against it, see the README.)
 test: $(STAMP)
-	JAX_COMPILATION_CACHE_DIR= $(BIN)/python -m pytest -q -n 2 -m "not slow"
+	JAX_COMPILATION_CACHE_DIR= $(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=25
 	JAX_COMPILATION_CACHE_DIR= JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py tests/test_gradient.py -k "float32 or recompile or dtype"
 
 test-all: $(STAMP)

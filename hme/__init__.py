@@ -46,8 +46,8 @@ _EXPORTS = {
     "load": "estimators",
 }
 _SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "families",
-               "fitting", "gates", "gradient", "inference", "init", "model", "monitor", "params", "plot", "simulate",
-               "spec", "table", "theory", "tree")
+               "fitting", "gates", "gradient", "inference", "init", "model", "monitor", "params", "plot", "sharding",
+               "simulate", "spec", "table", "theory", "tree")
 
 __all__ = sorted(_EXPORTS) + ["datasets"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 from collections.abc import Iterator
 
 import jax
@@ -83,6 +84,9 @@ def accepts_mesh(fit):
         with data_parallel(make_mesh(mesh)):
             return fit(*args, **kwargs)
 
+    sig = inspect.signature(fit)
+    extra = inspect.Parameter("mesh", inspect.Parameter.KEYWORD_ONLY, default=None)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])
     return wrapper
 
 
