@@ -224,8 +224,8 @@ def fit_gradient(
     max_iter : iterations (full batch) or epochs (minibatch); ``tol`` : EM's relative-change rule (default 1e-9:
         gradient steps change the objective less per step than EM's, so the rule needs a tighter tolerance)
     Everything else, ``mesh`` (rows over several devices, :mod:`hme.sharding`), ``verbose`` (progress bar) and
-    ``interruptible`` (Ctrl-C stops the compiled loop within one
-    iteration) included, as in :func:`hme.fit_em`. Returns an :class:`hme.EMResult` (``history``: the objective per
+    ``interruptible`` (Ctrl-C stops the compiled loop within one iteration) included, as in :func:`hme.fit_em`.
+    Returns an :class:`hme.EMResult` (``history``: the objective per
     iteration or epoch).
     """
     if optimizer not in OPTIMIZERS:

@@ -57,11 +57,6 @@ def make_mesh(devices) -> Mesh | None:
     return Mesh(np.asarray(chosen), (ROWS,))
 
 
-def current_mesh() -> Mesh | None:
-    """The mesh of the innermost :func:`data_parallel` context (None: one device)."""
-    return _MESH.get()
-
-
 @contextlib.contextmanager
 def data_parallel(mesh: Mesh | None) -> Iterator[None]:
     """Within the context the core's fits (:func:`hme.fit_em`, :func:`hme.fit_gradient`) and predictions place
@@ -115,20 +110,4 @@ def place_rows(*arrays):
     return tuple(out)
 
 
-def replicate(tree):
-    """A pytree placed whole on every device of the current mesh (unchanged without a mesh)."""
-    mesh = _MESH.get()
-    if mesh is None:
-        return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-def describe(mesh: Mesh | None) -> str:
-    """'1 device' or 'N devices (platform)'."""
-    if mesh is None:
-        return "1 device"
-    return f"{mesh.devices.size} devices ({mesh.devices.flat[0].platform})"
-
-
-__all__ = ["ROWS", "accepts_mesh", "current_mesh", "data_parallel", "describe", "make_mesh", "n_shards",
-           "padded_rows", "place_rows", "replicate"]
+__all__ = ["ROWS", "accepts_mesh", "data_parallel", "make_mesh", "n_shards", "padded_rows", "place_rows"]

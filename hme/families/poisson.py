@@ -39,10 +39,7 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     if shared:
         return _tied_m_step(experts, design, y, leaf_w, opts, shared)
     th = theta(experts).transpose(0, 2, 1).reshape(L * m, q)  # units (leaf, output)
-    centre = jnp.zeros((L * m, q), dtype)
-    if opts.coef_target is not None:  # (p, m) -> per unit (leaf, output)
-        t = jnp.concatenate([jnp.zeros((1, m), dtype), jnp.asarray(opts.coef_target, dtype)], 0).T  # (m, q)
-        centre = jnp.tile(t, (L, 1))
+    centre = jnp.tile(_ridge_centre(opts, q, m, dtype).T, (L, 1))  # per unit (leaf, output)
     mu = jnp.exp(aux)  # (n, L, m)
     resid = (leaf_w[:, :, None] * (y[:, None, :] - mu)).reshape(n, L * m)
     grad = (design.T @ resid).T - pen * (th - centre)
@@ -62,6 +59,13 @@ def m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newto
     return ExpertParams(th[:, 0, :], th[:, 1:, :], None)
 
 
+def _ridge_centre(opts, q, m, dtype):
+    """(q, m): the ridge's centre per design row (0 for the intercept, ``coef_target`` or 0 for the slopes)."""
+    if opts.coef_target is None:
+        return jnp.zeros((q, m), dtype)
+    return jnp.concatenate([jnp.zeros((1, m), dtype), jnp.asarray(opts.coef_target, dtype)], 0)
+
+
 def _tied_m_step(experts, design, y, leaf_w, opts, shared):
     """The Newton step with fixed effects: per output, one step of all leaves jointly with the rows ``shared``
     tied (:func:`hme.families.linear.tied_solve` on the leaves' curvatures), halved until the output's summed
@@ -69,9 +73,7 @@ def _tied_m_step(experts, design, y, leaf_w, opts, shared):
     q, m = design.shape[1], y.shape[1]
     dtype = design.dtype
     pen = ridge_columns(opts.alpha, q, dtype)
-    centre = jnp.zeros((q, m), dtype)
-    if opts.coef_target is not None:
-        centre = jnp.concatenate([jnp.zeros((1, m), dtype), jnp.asarray(opts.coef_target, dtype)], 0)
+    centre = _ridge_centre(opts, q, m, dtype)
     th = tie_rows(theta(experts), shared)  # (L, q, m)
 
     def objective(t):  # (m, L, q) -> (m,): per output, summed over leaves
