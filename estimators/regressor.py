@@ -16,9 +16,10 @@ from hme import predictive
 from hme.families import expert_family, expert_names
 
 from ._base import HMEBase, check_sample_weight
+from ._streaming import StreamingMixin
 
 
-class HMERegressor(RegressorMixin, HMEBase):
+class HMERegressor(StreamingMixin, RegressorMixin, HMEBase):
     """Hierarchical mixture of experts regression (Jordan & Jacobs 1994), fitted by compiled EM.
 
     Parameters
@@ -105,6 +106,16 @@ class HMERegressor(RegressorMixin, HMEBase):
         replicated, statistics all-reduced by the compiler; :mod:`hme.sharding`) in fit and prediction. The answer
         equals one device's up to rounding. On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set
         before JAX starts) makes N host devices.
+    chunk_size : int or None, default=None
+        Out-of-core EM (:mod:`hme.streaming`): ``fit`` reads the rows in chunks of this many and runs exact EM
+        over them, memory bounded by the chunk. None streams only data that is out of core anyway (an
+        ``np.memmap``, a zarr or dask array, or ``X=hme.sources.Parquet(path, X=[...], y=...)`` with ``y=None``),
+        in chunks of 65,536 rows. Gaussian experts under softmax gates on every input, fixed depth; each
+        iteration is one pass with Böhning's bound step for the gates (``gate_solver="bound"``), started from an
+        in-memory fit on 20,000 rows drawn uniformly.
+    step_exponent : float in (0.5, 1], default=0.6
+        ``partial_fit`` (online EM): the t-th batch after the first moves the running moments by
+        ``(t + 1)^(-step_exponent)``.
 
     Attributes
     ----------
@@ -124,6 +135,8 @@ class HMERegressor(RegressorMixin, HMEBase):
         "expert_df": [None, Interval(numbers.Real, 0, None, closed="neither")],
         "shared_coef": [None, list, tuple, np.ndarray],
         "var_floor": [Interval(numbers.Real, 0, None, closed="neither")],
+        "chunk_size": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "step_exponent": [Interval(numbers.Real, 0.5, 1, closed="right")],
     }
 
     def __init__(
@@ -162,6 +175,8 @@ class HMERegressor(RegressorMixin, HMEBase):
         verbose_interval=10,
         out_of_bounds="clip",
         devices=1,
+        chunk_size=None,
+        step_exponent=0.6,
     ):
         self.depth = depth
         self.branching = branching
@@ -197,10 +212,16 @@ class HMERegressor(RegressorMixin, HMEBase):
         self.verbose_interval = verbose_interval
         self.out_of_bounds = out_of_bounds
         self.devices = devices
+        self.chunk_size = chunk_size
+        self.step_exponent = step_exponent
 
     def fit(self, X, y, sample_weight=None):
-        """Fit by EM. ``y`` of shape (n_samples,) or (n_samples, n_outputs)."""
+        """Fit by EM. ``y`` of shape (n_samples,) or (n_samples, n_outputs); out-of-core data (``chunk_size``)
+        is streamed."""
         self._validate_params()
+        self.__dict__.pop("_online", None)  # a fit starts over; partial_fit continues from it no more
+        if self.chunk_size is not None or hme.sources.is_out_of_core(X):
+            return self._fit_streamed(X, y, sample_weight)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         y = np.asarray(y, dtype=X.dtype)
         self._y_1d = y.ndim == 1

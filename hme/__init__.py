@@ -21,6 +21,9 @@ _EXPORTS = {
     "run_em": "em",
     "describe_tree": "describe",
     "fit_gradient": "gradient",
+    "fit_em_streaming": "streaming",
+    "OnlineEM": "streaming",
+    "Parquet": "sources",
     "gate_path_probs": "model",
     "leaf_means": "model",
     "log_likelihood": "model",
@@ -47,7 +50,7 @@ _EXPORTS = {
 }
 _SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "em", "estimators", "families",
                "fitting", "gates", "gradient", "inference", "init", "model", "monitor", "params", "plot", "sharding",
-               "simulate", "spec", "table", "theory", "tree")
+               "simulate", "sources", "spec", "streaming", "table", "theory", "tree")
 
 __all__ = sorted(_EXPORTS) + ["datasets"]
 

@@ -200,6 +200,28 @@ def newton_cg(
     return jnp.where(jnp.isfinite(x), x, 0.0)
 
 
+def bound_curvature(node_gram: jax.Array, mask) -> jax.Array:
+    """Böhning's bound on the negative Hessian of every unit, (U, (B-1) q, (B-1) q):
+    ``½ (I - 11ᵀ/B_u) ⊗ node_gram_u`` over the free classes (``mask`` (U, B), ``node_gram`` (U, q, q))."""
+    mask = np.asarray(mask, bool)
+    Bf = mask.shape[1] - 1
+    n_valid = jnp.asarray(mask.sum(-1), node_gram.dtype)  # (U,)
+    coef = 0.5 * (jnp.eye(Bf, dtype=node_gram.dtype) - 1.0 / n_valid[:, None, None])  # (U, Bf, Bf)
+    return blocks_to_curvature(coef[:, :, :, None, None] * node_gram[:, None, None, :, :])
+
+
+def penalised_curvature(curv: jax.Array, mask, penalty: jax.Array) -> jax.Array:
+    """``curv`` (U, (B-1) q, (B-1) q) restricted to the free classes (absent classes get an identity block, so
+    their step is 0) plus the ridge ``penalty`` (q,) on the diagonal."""
+    mask = np.asarray(mask, bool)
+    free = mask[:, 1:]
+    U, Bf = free.shape
+    q = curv.shape[-1] // Bf
+    pair = np.repeat(np.repeat(free[:, :, None] & free[:, None, :], q, axis=1), q, axis=2)  # (U, Bf q, Bf q)
+    diag = jnp.where(free[:, :, None], penalty, 1.0).reshape(U, Bf * q)
+    return jnp.where(pair, curv, 0.0) + jax.vmap(jnp.diag)(diag)
+
+
 def logit_m_step(
     design: jax.Array,
     theta: jax.Array,
@@ -238,7 +260,6 @@ def logit_m_step(
     grad = grad - penalty * dev[:, 1:, :]
     free = mask[:, 1:]  # (U, Bf)
     grad = jnp.where(free[:, :, None], grad, 0.0)
-    eye_b = jnp.eye(Bf, dtype=design.dtype)
     use_cg = solver == "newton" and hessian_gram is None and Bf * q * (1 + Bf * q / n) > NEWTON_CG_MIN_WORK
     if use_cg:
         diag_pen = jnp.broadcast_to(jnp.where(free[:, :, None], penalty, 1.0), (U, Bf, q))
@@ -249,17 +270,11 @@ def logit_m_step(
         else:
             curv = blocks_to_curvature(hessian_gram.reshape(U, Bf, Bf, q, q))
     elif solver == "bound":
-        n_valid = mask.sum(-1).astype(design.dtype)  # (U,)
-        coef = 0.5 * (eye_b - 1.0 / n_valid[:, None, None])  # (U, Bf, Bf)
-        curv = blocks_to_curvature(coef[:, :, :, None, None] * node_gram[:, None, None, :, :])
+        curv = bound_curvature(node_gram, mask)
     else:
         raise ValueError(f"unknown solver {solver!r}")
     if not use_cg:
-        pair = np.repeat(np.repeat(free[:, :, None] & free[:, None, :], q, axis=1), q, axis=2)  # (U, Bf q, Bf q)
-        curv = jnp.where(pair, curv, 0.0)
-        diag = jnp.where(free[:, :, None], penalty, 1.0).reshape(U, Bf * q)
-        curv = curv + jax.vmap(jnp.diag)(diag)
-        step = solve_psd(curv, grad.reshape(U, Bf * q)).reshape(U, Bf, q)
+        step = solve_psd(penalised_curvature(curv, mask, penalty), grad.reshape(U, Bf * q)).reshape(U, Bf, q)
     step = jnp.concatenate([jnp.zeros((U, 1, q), step.dtype), step], axis=1)
     if solver == "bound":
         # The bound majorises the negative Hessian everywhere, so the full step maximises a minorizer of

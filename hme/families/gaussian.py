@@ -99,24 +99,47 @@ def weighted_m_step(spec, experts, design, y, leaf_w, leaf_gram, opts, mass=None
     n, q = design.shape
     L = leaf_w.shape[1]
     m = y.shape[1]
-    dtype = design.dtype
-    pen = ridge_columns(opts.alpha, q, dtype)
     rhs = (design.T @ (leaf_w[:, :, None] * y[:, None, :]).reshape(n, L * m)).reshape(q, L, m).transpose(1, 0, 2)
+    th = _coefficients(spec, experts, leaf_gram, rhs, opts)
+    r = y[:, None, :] - linear_predictor(ExpertParams(th[:, 0, :], th[:, 1:, :], experts.cov), design)
+    scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
+    mass = jnp.sum(leaf_w, 0) if mass is None else mass
+    return _with_covariance(spec, experts, th, scatter, mass, opts)
+
+
+def moments_m_step(spec, experts, gram, rhs, yy, mass, opts):
+    r"""The M-step from the weighted moments of the data alone (streamed and online EM): ``gram`` (L, q, q)
+    ``Σ_t h_tl d_t d_tᵀ``, ``rhs`` (L, q, m) ``Σ_t h_tl d_t y_tᵀ``, ``yy`` (L, m, m) ``Σ_t h_tl y_t y_tᵀ`` and
+    ``mass`` (L,) ``Σ_t h_tl``; the residual scatter is ``yy - Bᵀ rhs - rhsᵀ B + Bᵀ gram B``."""
+    th = _coefficients(spec, experts, gram, rhs, opts)
+    cross = jnp.einsum("lqi,lqj->lij", th, rhs)
+    scatter = yy - cross - jnp.swapaxes(cross, 1, 2) + jnp.einsum("lqi,lqr,lrj->lij", th, gram, th)
+    return _with_covariance(spec, experts, th, 0.5 * (scatter + jnp.swapaxes(scatter, 1, 2)), mass, opts)
+
+
+def _coefficients(spec, experts, leaf_gram, rhs, opts):
+    """(L, q, m) ridge solutions ``(G_l + P)⁻¹ (rhs_l + P T)`` (shared rows tied for fixed effects)."""
+    q, m = rhs.shape[1], rhs.shape[2]
+    dtype = rhs.dtype
+    pen = ridge_columns(opts.alpha, q, dtype)
     if opts.coef_target is not None:  # ridge towards T: (G + P) B = Dᵀ H y + P T
         pull = pen[1:, None] * jnp.asarray(opts.coef_target, dtype)  # (p, m)
         rhs = rhs + jnp.concatenate([jnp.zeros((1, m), dtype), pull], 0)[None]
     shared = () if spec is None else spec.shared_rows
     if shared:  # fixed effects: a CM-step given Σ_l, each leaf's equations in its precision (m = 1)
         prec = 1.0 / experts.cov[:, 0, 0]
-        th = tied_solve(prec[:, None, None] * (leaf_gram + jnp.diag(pen)), prec[:, None, None] * rhs, shared)
-    else:
-        th = solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
-    new = ExpertParams(th[:, 0, :], th[:, 1:, :], experts.cov)
-    r = y[:, None, :] - linear_predictor(new, design)
-    scatter = jnp.einsum("nl,nli,nlj->lij", leaf_w, r, r)
+        return tied_solve(prec[:, None, None] * (leaf_gram + jnp.diag(pen)), prec[:, None, None] * rhs, shared)
+    return solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
+
+
+def _with_covariance(spec, experts, th, scatter, mass, opts):
+    """New coefficients ``th`` and covariances from the residual ``scatter`` (L, m, m) plus the ridge's term,
+    divided by ``mass`` (L,), floored, restricted and (``shared_covariance``) pooled."""
+    L, q, m = th.shape
+    dtype = th.dtype
+    pen = ridge_columns(opts.alpha, q, dtype)
     dev = slope_deviation(th[:, 1:, :], opts.coef_target)
     scatter = scatter + jnp.einsum("lpi,p,lpj->lij", dev, pen[1:], dev)
-    mass = jnp.sum(leaf_w, 0) if mass is None else mass
     tiny = jnp.finfo(dtype).tiny
     if spec.shared_covariance:
         pooled = jnp.sum(scatter, 0) / jnp.maximum(jnp.sum(mass), tiny)
@@ -124,8 +147,7 @@ def weighted_m_step(spec, experts, design, y, leaf_w, leaf_gram, opts, mass=None
     else:
         cov = scatter / jnp.maximum(mass, tiny)[:, None, None]
         cov = jax.vmap(lambda c: _floor_cov(c, opts.var_floor, spec.covariance_type))(cov)
-    return experts._replace(intercept=new.intercept, coef=new.coef, cov=cov)
-
+    return experts._replace(intercept=th[:, 0, :], coef=th[:, 1:, :], cov=cov)
 
 
 # -- the predictive distribution (NumPy, float64, on the host) ---------------------------------------------
