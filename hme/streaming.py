@@ -1,32 +1,21 @@
 r"""EM on data read in chunks: exact EM out of core (:func:`fit_em_streaming`) and online EM (:class:`OnlineEM`).
 
-Both rest on the same fact: what an EM iteration needs from the data are sums over rows. At parameters θ, for
-rows t with weights w_t, leaf posteriors h_tl, design rows d_t = [1, x_t] and targets y_t (:class:`Moments`):
-
-.. math::  G_l = Σ_t w_t h_{tl} d_t d_tᵀ, \quad R_l = Σ_t w_t h_{tl} d_t y_tᵀ, \quad
-           S_l = Σ_t w_t h_{tl} y_t y_tᵀ, \quad N_l = Σ_t w_t h_{tl},
-
-which give the Gaussian experts' M-step in closed form (:func:`hme.families.gaussian.moments_m_step`), and for
-every softmax gate u the linear term of Böhning's quadratic minoriser of its expected log-likelihood,
-
-.. math::  c_u = Σ_t d_t (e_{tu} - n_{tu} p_{tu}(θ)) + (½ (I - 11ᵀ/B_u) ⊗ Σ_l A_{ul} G_l)\, θ_u,
-
-(e: edge posteriors, n: node posteriors, A: the gate–leaf incidence), whose maximiser
-``θ_u' = (C_u + P)⁻¹ c_u`` is the ``gate_solver="bound"`` step of :func:`hme.fit_em` (a minorise–maximise step: the
-likelihood never decreases). Sums are additive over chunks, so a pass over the data in chunks of any size gives
-exactly the in-memory iteration.
+Both rest on :mod:`hme.moments`: what an EM iteration needs from the data are sums over rows (the experts'
+weighted moments and the gates' bound-surrogate terms), so chunks can be summed one at a time.
 
 * **Exact EM out of core.** One pass per iteration: every chunk goes through the same compiled program (the last
   one padded with zero-weight rows), the next chunk is read on a background thread while the current one
   computes (:func:`hme.sources.prefetch`), the moments are summed in float64 on the host, and the M-step solves
-  from them. Memory is bounded by the chunk, whatever the number of rows. A first pass (:func:`scan`) checks the
-  data, finds the weighted means and (co)variances (Chan et al.'s pairwise update) and draws a uniform subsample;
-  the start is an in-memory :func:`hme.fit_em` on that subsample (restarts and emEM screening included).
+  from them (the ``gate_solver="bound"`` iteration of :func:`hme.fit_em`, exactly). Memory is bounded by the
+  chunk, whatever the number of rows. A first pass (:func:`scan`) checks the data, finds the weighted means and
+  co-moments (Chan, Golub & LeVeque's pairwise update) and draws a uniform subsample; the start is
+  :func:`hme.fit_em`'s start search run on that subsample with the same small programs
+  (:mod:`hme.stream_start`), so a streamed fit compiles little.
 * **Online EM** (stepwise EM, Cappé & Moulines 2009; Sato & Ishii 2000): the moments per unit weight are running
   averages ``s ← (1 - γ_t) s + γ_t ŝ_t`` of each batch's ``ŝ_t`` at the current parameters, and the parameters are
   the M-step of ``N s`` (N: the weight seen so far) after every batch. The step size is
   ``γ_t = (t + 1)^{-κ}`` for the t-th batch after the first (κ ∈ (½, 1], default :data:`STEP_EXPONENT`), the
-  classical schedule for which stepwise EM converges; κ = 1 weighs all batches equally. For the gates this is the
+  schedule under which stepwise EM converges; κ = 1 weighs all batches equally. For the gates this is the
   stochastic majorisation–minimisation of Mairal (2013) on Böhning's surrogate. The first batch is fitted by
   :func:`hme.fit_em` (restarts included) and seeds the averages.
 
@@ -36,107 +25,23 @@ the experts' inputs, any tree. Other families raise a ``ValueError``.
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linalg import padded_length, solve_psd, weighted_gram
-from ._logit import bound_curvature, free_probs, penalised_curvature
-from .families.gaussian import moments_m_step
-from .fitting import DEFAULT_ALPHA, DEFAULT_GATE_ALPHA, DEFAULT_VAR_FLOOR, FitOptions, penalty, prepare_fit
-from .model import edge_mass, joint, make_design
-from .params import GateParams, HMEParams, center_params
+from . import heap, stream_start
+from ._linalg import padded_length
+from .fitting import DEFAULT_ALPHA, DEFAULT_GATE_ALPHA, DEFAULT_VAR_FLOOR, FitOptions, prepare_fit
+from .init import INIT_METHODS
+from .moments import Moments, check_streamable, moments_of, solve_moments
+from .params import HMEParams, center_params, check_params
 from .sources import DEFAULT_CHUNK_SIZE, ChunkSource, as_source, prefetch
 from .spec import ModelSpec
 
-#: rows of the uniform subsample the streamed fit starts from (an in-memory EM fit on them)
-DEFAULT_INIT_ROWS = 20000
 #: κ in the online step size γ_t = (t + 1)^(-κ)
 STEP_EXPONENT = 0.6
-
-
-class Moments(NamedTuple):
-    """Weighted sums over rows at fixed parameters (module docstring); float64 NumPy on the host, or arrays of the
-    fit's dtype inside the compiled chunk step."""
-
-    total: np.ndarray  # () Σ w
-    log_lik: np.ndarray  # () Σ w log p(y | x)
-    gram: np.ndarray  # (L, q, q)
-    rhs: np.ndarray  # (L, q, m)
-    yy: np.ndarray  # (L, m, m)
-    mass: np.ndarray  # (L,)
-    gate_lin: np.ndarray  # (G, (B-1) q): the gates' surrogate linear terms c_u
-
-
-def _add(a: Moments, b: Moments) -> Moments:
-    return Moments(*(x + np.asarray(y, np.float64) for x, y in zip(a, b, strict=True)))
-
-
-def _scale(a: Moments, c: float) -> Moments:
-    return Moments(*(c * x for x in a))
-
-
-def check_streamable(spec: ModelSpec) -> None:
-    """A ValueError unless streamed and online EM cover ``spec`` (Gaussian experts, softmax gates on the experts'
-    inputs)."""
-    if spec.expert != "gaussian":
-        raise ValueError(f"streamed and online EM fit Gaussian experts; got expert={spec.expert!r}")
-    if spec.gate_kinds != ("softmax",) * spec.tree.n_gates:
-        raise ValueError("streamed and online EM fit softmax gates; got gates "
-                         f"{sorted(set(spec.gate_kinds))}")
-    if not spec.shares_design:
-        raise ValueError("streamed and online EM need the gates and experts to see the same inputs "
-                         "(gate_features == expert_features)")
-
-
-def _gate_theta(gates: GateParams) -> jax.Array:
-    return jnp.concatenate([gates.bias[..., None], gates.weight], axis=-1)  # (G, B, q)
-
-
-def chunk_moments(spec: ModelSpec, params: HMEParams, X: jax.Array, y: jax.Array, w: jax.Array) -> Moments:
-    """The :class:`Moments` of one chunk (rows of zero weight add nothing), in the chunk's dtype."""
-    mask = np.asarray(spec.tree.child_mask, bool)
-    design = make_design(spec, X)
-    j = joint(spec, params, design, y)
-    leaf_w = j.leaf_post * w[:, None]
-    D = design.expert
-    gram = weighted_gram(D, leaf_w)
-    rhs = jnp.einsum("nl,nq,nm->lqm", leaf_w, D, y)
-    yy = jnp.einsum("nl,ni,nj->lij", leaf_w, y, y)
-    edge_w = edge_mass(spec, leaf_w)
-    node_w = jnp.sum(edge_w, -1)
-    resid = edge_w[:, :, 1:] - node_w[:, :, None] * free_probs(j.gate_log_prob, mask)
-    grad = jnp.einsum("nq,nub->ubq", D, resid)
-    node_gram = jnp.einsum("gl,lij->gij", jnp.asarray(spec.tree.gate_leaf, D.dtype), gram)
-    G, Bf, q = grad.shape
-    theta = _gate_theta(params.gates)[:, 1:, :].reshape(G, Bf * q)
-    lin = grad.reshape(G, Bf * q) + jnp.einsum("gij,gj->gi", bound_curvature(node_gram, mask), theta)
-    lin = jnp.where(np.repeat(mask[:, 1:], q, axis=1), lin, 0.0)
-    ll = jnp.sum(jnp.where(w > 0, w * j.log_lik, 0.0))
-    return Moments(jnp.sum(w), ll, gram, rhs, yy, jnp.sum(leaf_w, 0), lin)
-
-
-def moments_step(spec: ModelSpec, params: HMEParams, mom: Moments, opts: FitOptions) -> HMEParams:
-    """New parameters from summed moments: the Gaussian experts' closed-form M-step and every gate's bound
-    step (the maximiser of its quadratic minoriser with the ridge)."""
-    mask = np.asarray(spec.tree.child_mask, bool)
-    experts = moments_m_step(spec, params.experts, mom.gram, mom.rhs, mom.yy, mom.mass, opts)
-    q = mom.gram.shape[-1]
-    node_gram = jnp.einsum("gl,lij->gij", jnp.asarray(spec.tree.gate_leaf, mom.gram.dtype), mom.gram)
-    pen = jnp.broadcast_to(jnp.asarray(opts.gate_alpha, mom.gram.dtype), (q,))
-    curv = penalised_curvature(bound_curvature(node_gram, mask), mask, pen)
-    free = solve_psd(curv, mom.gate_lin)  # (G, (B-1) q)
-    G = free.shape[0]
-    theta = jnp.concatenate([jnp.zeros((G, 1, q), free.dtype), free.reshape(G, -1, q)], axis=1)
-    return HMEParams(GateParams(theta[..., 0], theta[..., 1:]), experts)
-
-
-_chunk_moments = jax.jit(chunk_moments, static_argnums=0)
-_moments_step = jax.jit(moments_step, static_argnums=0)
-_penalty = jax.jit(penalty, static_argnums=0)
 
 
 # -- the first pass -----------------------------------------------------------------------------------------
@@ -179,8 +84,28 @@ class Scan(NamedTuple):
         return np.linalg.lstsq(c[:p, :p] + np.diag(a), c[:p, p:], rcond=None)[0]
 
 
+#: rows per block of the first pass's float64 arithmetic
+SCAN_BLOCK = 8192
+
+
+def _merge(total, mean, com, X, y, w):
+    """(Σw, mean, co-moment) of the rows so far merged with the block's (Chan, Golub & LeVeque's update)."""
+    z = np.concatenate([X, y], axis=1).astype(np.float64)
+    wc = w.astype(np.float64)
+    tc = wc.sum()
+    if not tc > 0:
+        return total, mean, com
+    mc = wc @ z / tc
+    z -= mc
+    cc = (z * wc[:, None]).T @ z
+    delta = mc - mean
+    new_total = total + tc
+    com = com + cc + np.outer(delta, delta) * (total * tc / new_total)
+    return new_total, mean + delta * (tc / new_total), com
+
+
 def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.float64, sample_rows: int =
-         DEFAULT_INIT_ROWS, random_state: int = 0) -> Scan:
+         DEFAULT_CHUNK_SIZE, random_state: int = 0) -> Scan:
     """One pass over ``source``: checks every chunk (finite values, non-negative weights), merges the chunks'
     weighted means and co-moments pairwise (Chan, Golub & LeVeque 1979) and keeps ``sample_rows`` rows drawn
     uniformly without replacement."""
@@ -197,19 +122,11 @@ def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.
                 raise ValueError(f"{name} contains NaN or infinity (rows {start}..{start + c - 1})")
         if np.any(w < 0):
             raise ValueError("sample_weight must be non-negative")
-        z = np.concatenate([X, y], axis=1).astype(np.float64)
-        wc = w.astype(np.float64)
-        tc = wc.sum()
-        if tc > 0:
-            mc = wc @ z / tc
-            dz = z - mc
-            cc = (dz * wc[:, None]).T @ dz
-            delta = mc - mean
-            new_total = total + tc
-            com = com + cc + np.outer(delta, delta) * (total * tc / new_total)
-            mean = mean + delta * (tc / new_total)
-            total = new_total
-            pos = wc > 0
+        for b in range(0, c, SCAN_BLOCK):  # float64 copies of a block at a time
+            total, mean, com = _merge(total, mean, com, X[b:b + SCAN_BLOCK], y[b:b + SCAN_BLOCK],
+                                      w[b:b + SCAN_BLOCK])
+        pos = w > 0
+        if pos.any():
             n_pos += int(pos.sum())
             x_min = np.minimum(x_min, X[pos].min(0))
             x_max = np.maximum(x_max, X[pos].max(0))
@@ -220,6 +137,7 @@ def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.
     if not total > 0:
         raise ValueError("sample_weight must have a positive sum")
     sample = tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+    heap.release()
     return Scan(n, n_pos, total, mean, com, x_min, x_max, sample)
 
 
@@ -272,22 +190,30 @@ def _from_centred(spec, params: HMEParams, x_mean, y_mean) -> HMEParams:
     return center_params(spec, p, x_mean, -1.0)
 
 
-def _pass(spec, params, source: ChunkSource, chunk: int, dtype, x_mean, y_mean) -> Moments:
-    """Moments of every row at ``params`` (centred coordinates): one pass, chunks padded to ``chunk`` rows."""
-    acc = None
+def _pass(spec, params, source: ChunkSource, chunk: int, dtype, x_mean, y_mean, opts) -> tuple[Moments, float]:
+    """(Moments of every row at ``params`` (centred coordinates), R(θ)): one pass, chunks padded to ``chunk``
+    rows."""
+    acc, pen = None, 0.0
     xm, ym = x_mean.astype(dtype), y_mean.astype(dtype)
     for X, y, w in prefetch(source.chunks(chunk, dtype)):
         c = X.shape[0]
         if c < chunk:  # zero-weight padding: one compiled program for every chunk
             X, y, w = (np.pad(a, ((0, chunk - c),) + ((0, 0),) * (a.ndim - 1)) for a in (X, y, w))
             X[c:], y[c:] = xm, ym
-        m = jax.device_get(_chunk_moments(spec, params, X - xm, y - ym, w))
-        acc = Moments(*(np.asarray(a, np.float64) for a in m)) if acc is None else _add(acc, m)
-    return acc
+        m, _, pen = moments_of(spec, params, X - xm, y - ym, w, opts)
+        m = m.on_host()
+        acc = m if acc is None else acc + m
+    return acc, float(pen)
 
 
-def _objective(spec, params, mom: Moments, opts) -> float:
-    return (float(mom.log_lik) - float(_penalty(spec, params, opts))) / float(mom.total)
+def subsample_start(spec: ModelSpec, s: Scan, opts: FitOptions, chunk: int, dtype, *, n_init: int,
+                    n_candidates: int, random_state: int, max_iter: int, tol: float, init: str = "random"):
+    """The start on the scan's subsample (:func:`hme.stream_start.search`), in the fit's centred coordinates:
+    (params, their objective on the subsample)."""
+    Xs, ys, ws = (np.asarray(a, np.float64) for a in s.sample)
+    sub = stream_start.Subsample(Xs - s.x_mean, ys - s.y_mean, ws, chunk, dtype)  # the passes' program
+    return stream_start.search(spec, sub, opts, n_init=n_init, n_candidates=n_candidates, seed=random_state,
+                               max_iter=max_iter, tol=tol, init=init)
 
 
 def fit_em_streaming(
@@ -299,9 +225,10 @@ def fit_em_streaming(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dtype=None,
     start_params: HMEParams | None = None,
-    init_rows: int = DEFAULT_INIT_ROWS,
+    init_rows: int | None = None,
     n_init: int = 1,
-    n_candidates: int | None = None,
+    n_candidates: int = 20,
+    init_params: str = "random",
     random_state: int = 0,
     max_iter: int = 200,
     tol: float = 1e-6,
@@ -321,20 +248,22 @@ def fit_em_streaming(
         or ``X`` a :class:`hme.sources.Parquet` dataset naming its columns (then ``y=None``)
     chunk_size : rows per chunk (memory ∝ chunk_size · (p + k))
     dtype : the fit's float type (default float64 under ``jax_enable_x64``, else float32)
-    start_params : parameters to start from (original inputs); default: an in-memory :func:`hme.fit_em` on
-        ``init_rows`` rows drawn uniformly, with ``n_init``, ``n_candidates`` and ``random_state``
+    start_params : parameters to start from (original inputs); default: :func:`subsample_start` on ``init_rows``
+        rows drawn uniformly (default: one chunk), with ``n_init`` restarts of ``n_candidates`` screened random
+        starts each (``init_params``: "random", "kmeans" or "kmeans_xy" clustering as in :func:`hme.fit_em`)
     max_iter, tol : passes and the relative-change stopping rule of :func:`hme.fit_em`
     alpha, gate_alpha, var_floor, coef_target : the penalties of :func:`hme.fit_em`
     scan_result : a :func:`scan` of the same data to reuse (skips the first pass)
     verbose : print one line per pass (objective, change, seconds)
     """
-    from .em import DEFAULT_N_CANDIDATES, fit_em
-
     check_streamable(spec)
-    if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    init_rows = chunk_size if init_rows is None else init_rows
+    for name, v in (("chunk_size", chunk_size), ("max_iter", max_iter), ("n_init", n_init),
+                    ("n_candidates", n_candidates), ("init_rows", init_rows)):
+        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}")
     source = as_source(X, y, sample_weight)
     if source.n_features != spec.n_features or source.n_targets != spec.n_targets:
         raise ValueError(f"the data have {source.n_features} features and {source.n_targets} targets; the spec "
@@ -346,47 +275,31 @@ def fit_em_streaming(
         raise ValueError(f"n_samples={s.n_positive} (with positive weight) should be >= the tree's "
                          f"{spec.tree.n_leaves} leaves")
     opts = _options(spec, s, dtype, tol, alpha, gate_alpha, var_floor, coef_target)
-    Xs, ys, ws = s.sample
-    if start_params is None:
-        start = fit_em(spec, Xs, ys, sample_weight=ws, n_init=n_init, random_state=random_state,
-                       n_candidates=DEFAULT_N_CANDIDATES if n_candidates is None else n_candidates,
-                       max_iter=max_iter, tol=tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
-                       coef_target=coef_target)
-        start_params, start_objective = start.params, float(start.objective)
-    else:
-        start_objective = float("nan")
-    x_mean, y_mean = s.x_mean, s.y_mean
     to_dev = lambda a: jnp.asarray(a, dtype)
-    params = _to_centred(spec, jax.tree_util.tree_map(to_dev, start_params), to_dev(x_mean), to_dev(y_mean))
-    history, seconds = [], []
-    good, converged, failed, k = params, False, False, 0
-    prev = -np.inf
-    while True:
-        t0 = time.perf_counter()
-        mom = _pass(spec, params, source, chunk, dtype, x_mean, y_mean)
-        obj = _objective(spec, params, mom, opts)
-        seconds.append(time.perf_counter() - t0)
-        history.append(obj)
-        if verbose:
-            print(f"pass {k}: objective {obj:.8f} (change {obj - prev:+.3e}) in {seconds[-1]:.2f} s", flush=True)
-        if not np.isfinite(obj):
-            failed = True
-            break
-        good, last = params, mom
-        converged = k > 0 and abs(obj - prev) <= tol * max(abs(prev), 1.0)
-        if converged or k >= max_iter:
-            break
-        prev = obj
-        params = _moments_step(spec, params, Moments(*(jnp.asarray(a, dtype) for a in mom)), opts)
-        k += 1
-    if failed and k == 0:
+    if start_params is None:
+        params, start_objective = subsample_start(spec, s, opts, chunk, dtype, n_init=int(n_init),
+                                                  n_candidates=int(n_candidates), random_state=random_state,
+                                                  max_iter=int(max_iter), tol=tol, init=init_params)
+        heap.release()  # the start compiled the programs: drop compilation's freed memory
+    else:
+        check_params(spec, start_params)
+        params = _to_centred(spec, jax.tree_util.tree_map(to_dev, start_params), to_dev(s.x_mean), to_dev(s.y_mean))
+        start_objective = float("nan")
+    def passes(p):
+        out = _pass(spec, p, source, chunk, dtype, s.x_mean, s.y_mean, opts)
+        heap.release()
+        return out
+
+    good, history, seconds, last, converged, failed, n_iter = stream_start.iterate_moments(
+        spec, params, passes, opts, int(max_iter), tol, verbose)
+    if last is None:
         raise FloatingPointError("the streamed fit's start has a non-finite log-likelihood")
-    final = _from_centred(spec, good, to_dev(x_mean), to_dev(y_mean))
-    finite = [h for h in history if np.isfinite(h)]
-    return StreamResult(params=jax.tree_util.tree_map(np.asarray, final), objective=finite[-1],
-                        log_likelihood=float(last.log_lik), history=np.asarray(history), n_iter=k - int(failed),
-                        converged=bool(converged), failed=failed, pass_seconds=np.asarray(seconds),
-                        start_objective=start_objective, leaf_mass=np.asarray(last.mass), scan=s, chunk_size=chunk)
+    final = _from_centred(spec, good, to_dev(s.x_mean), to_dev(s.y_mean))
+    return StreamResult(params=jax.tree_util.tree_map(np.asarray, final),
+                        objective=float(history[np.isfinite(history)][-1]), log_likelihood=float(last.log_lik),
+                        history=history, n_iter=n_iter, converged=bool(converged), failed=failed,
+                        pass_seconds=seconds, start_objective=start_objective, leaf_mass=np.asarray(last.mass),
+                        scan=s, chunk_size=chunk)
 
 
 # -- online EM ----------------------------------------------------------------------------------------------
@@ -425,25 +338,41 @@ class OnlineEM:
         if self.n_batches == 0:
             return self._first(X, y, sample_weight)
         spec = self.spec
-        prep = prepare_fit(spec, X, y, sample_weight=sample_weight)  # checks the batch, pads it to a reused size
-        if prep.X.dtype != self._dtype:
-            raise TypeError(f"batches must keep the first batch's dtype {self._dtype}, got {prep.X.dtype}")
-        xr, yr = jnp.asarray(self.x_ref, self._dtype), jnp.asarray(self.y_ref, self._dtype)
-        pad = prep.weight == 0  # padding rows: keep them at the origin of the centred coordinates
-        Xc = jnp.where(pad[:, None], 0.0, prep.X - xr)
-        yc = jnp.where(pad[:, None], 0.0, prep.y - yr)
-        mom = jax.device_get(_chunk_moments(spec, self._params, Xc, yc, prep.weight))
-        mom = Moments(*(np.asarray(a, np.float64) for a in mom))
+        Xc, yc, w = self._batch(X, y, sample_weight)
+        mom = moments_of(spec, self._params, Xc, yc, w, self._opts)[0].on_host()
         total = float(mom.total)
         self.history.append(float(mom.log_lik) / total)
         t = self.n_batches
         gamma = (t + 1.0) ** -self.step_exponent
-        self._avg = _add(_scale(self._avg, 1.0 - gamma), _scale(mom, gamma / total))
+        self._avg = self._avg.scaled(1.0 - gamma) + mom.scaled(gamma / total)
         self.n_seen += total
-        sums = Moments(*(jnp.asarray(a, self._dtype) for a in _scale(self._avg, self.n_seen)))
-        self._params = _moments_step(spec, self._params, sums, self._opts)
+        self._params = solve_moments(spec, self._params, self._avg.scaled(self.n_seen).as_dtype(self._dtype),
+                                     self._opts)
         self.n_batches += 1
         return self
+
+    def _batch(self, X, y, sample_weight):
+        """A later batch checked, centred and padded with zero-weight rows to a reused length (any number of
+        rows, one included)."""
+        X = np.asarray(X)
+        n = X.shape[0] if X.ndim == 2 else -1
+        if X.ndim != 2 or X.shape[1] != self.spec.n_features:
+            raise ValueError(f"X must have shape (n_samples, {self.spec.n_features}), got {X.shape}")
+        y = np.asarray(y, self._dtype).reshape(n, -1) if np.size(y) == n * self.spec.n_targets else None
+        if y is None or y.shape[1] != self.spec.n_targets:
+            raise ValueError(f"y must hold {self.spec.n_targets} target(s) for each of the {n} rows")
+        w = np.ones(n, self._dtype) if sample_weight is None else np.asarray(sample_weight, self._dtype)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}")
+        for name, a in (("X", X), ("y", y), ("sample_weight", w)):
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name} contains NaN or infinity")
+        if np.any(w < 0) or not w.sum() > 0:
+            raise ValueError("sample_weight must be non-negative with a positive sum")
+        pad = padded_length(n) - n
+        Xc = np.pad(X.astype(self._dtype) - self.x_ref.astype(self._dtype), ((0, pad), (0, 0)))
+        yc = np.pad(y - self.y_ref.astype(self._dtype), ((0, pad), (0, 0)))
+        return Xc, yc, np.pad(w, (0, pad))
 
     def _first(self, X, y, sample_weight):
         from .em import fit_em
@@ -461,9 +390,8 @@ class OnlineEM:
         pad = prep.weight == 0
         Xc = jnp.where(pad[:, None], 0.0, prep.X - xr)
         yc = jnp.where(pad[:, None], 0.0, prep.y - yr)
-        mom = Moments(*(np.asarray(a, np.float64) for a in jax.device_get(
-            _chunk_moments(spec, self._params, Xc, yc, prep.weight))))
-        self._avg = _scale(mom, 1.0 / float(mom.total))
+        mom = moments_of(spec, self._params, Xc, yc, prep.weight, self._opts)[0].on_host()
+        self._avg = mom.scaled(1.0 / float(mom.total))
         self.n_seen = float(mom.total)
         self.n_batches = 1
         return self
