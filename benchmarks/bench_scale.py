@@ -5,9 +5,9 @@
 1. **Out of core.** ``--rows`` × 20 float32 rows drawn from a depth-2 softmax/Gaussian HME are written chunk by
    chunk to a ``.npy`` memmap (never whole in RAM). A fresh process fits ``HMERegressor(chunk_size=...)`` to the
    memmap and reports seconds per pass, passes, and the growth of its anonymous memory (``RssAnon``, sampled every
-   20 ms, peak) over its value before the fit (estimator imported), against the data's size. The same model is fitted in memory to a uniform
-   subsample of ``--subsample`` rows; the two fits' held-out log-likelihoods (per sample, on 100,000 fresh rows)
-   and their gap to the truth's are printed side by side.
+   20 ms, peak) over its value before the fit (estimator imported), against the data's size. The same model is
+   fitted in memory to a uniform subsample of ``--subsample`` rows; the two fits' held-out log-likelihoods (per
+   sample, on 100,000 fresh rows) and their gap to the truth's are printed side by side.
 2. **Online EM.** ``--online-rows`` rows in batches of ``--batch`` through ``partial_fit`` (one pass), against a
    batch EM fit to the same rows: held-out log-likelihood per sample, the gap (target ≤ 0.02) and seconds.
 3. **Devices.** The in-memory EM fit of ``--device-rows`` rows with ``devices=1`` and ``devices=2`` in fresh

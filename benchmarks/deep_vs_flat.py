@@ -68,7 +68,7 @@ CLASSIFICATION = {
                     "family situation (young children, age), a classic heterogeneous binary response",
     "MASS_fgl": "forensic glass (214 x 9, 6 types): heterogeneous classes from different sources",
 }
-QUICK = {"sets": ["tonedata", "MASS_geyser", "wine"], "repeats": 3, "depths": [2], "grown": False,
+QUICK = {"sets": ["tonedata", "MASS_geyser", "wine"], "repeats": 2, "depths": [2], "grown": False,
          "families": ["LL"], "baselines": ["linear", "tree"]}
 #: numeric columns of files that also hold text (input columns first, the target last)
 USECOLS = {"CO2data": (0, 1)}

@@ -220,7 +220,7 @@ class HMERegressor(StreamingMixin, RegressorMixin, HMEBase):
         is streamed."""
         self._validate_params()
         self.__dict__.pop("_online", None)  # a fit starts over; partial_fit continues from it no more
-        if self.chunk_size is not None or hme.sources.is_out_of_core(X):
+        if self.chunk_size is not None or hme.sources.is_out_of_core(X) or hme.distributed.n_processes() > 1:
             return self._fit_streamed(X, y, sample_weight)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
         y = np.asarray(y, dtype=X.dtype)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import heap, stream_start
+from . import distributed, heap, stream_start
 from ._linalg import padded_length
 from .fitting import DEFAULT_ALPHA, DEFAULT_GATE_ALPHA, DEFAULT_VAR_FLOOR, FitOptions, prepare_fit
 from .init import INIT_METHODS
@@ -108,10 +108,16 @@ def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.
          DEFAULT_CHUNK_SIZE, random_state: int = 0) -> Scan:
     """One pass over ``source``: checks every chunk (finite values, non-negative weights), merges the chunks'
     weighted means and co-moments pairwise (Chan, Golub & LeVeque 1979) and keeps ``sample_rows`` rows drawn
-    uniformly without replacement."""
+    uniformly without replacement. In a process group (:mod:`hme.distributed`) ``source`` holds this process's
+    rows: the statistics are merged over the processes and the subsample is drawn from all rows."""
     n, p, k = source.n_rows, source.n_features, source.n_targets
+    counts = distributed.allgather(np.asarray(n)).astype(int)  # rows per process
+    offset, n_all = int(counts[: jax.process_index()].sum()), int(counts.sum())
+    if n < 1:
+        raise ValueError("every process needs at least one row")
     rng = np.random.default_rng(random_state)
-    pick = np.sort(rng.choice(n, size=min(n, sample_rows), replace=False))
+    pick = np.sort(rng.choice(n_all, size=min(n_all, sample_rows), replace=False))
+    pick = pick[(pick >= offset) & (pick < offset + n)] - offset  # the drawn rows this process holds
     total, mean, com = 0.0, np.zeros(p + k), np.zeros((p + k, p + k))
     x_min, x_max = np.full(p, np.inf), np.full(p, -np.inf)
     n_pos, start, parts = 0, 0, []
@@ -134,11 +140,20 @@ def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.
         if sel.size:
             parts.append((X[sel], y[sel], w[sel]))
         start += c
+    empty = (np.zeros((0, p), dtype), np.zeros((0, k), dtype), np.zeros(0, dtype))
+    sample = tuple(np.concatenate([part[i] for part in parts]) if parts else empty[i] for i in range(3))
+    each = distributed.allgather((np.asarray(total), mean, com, x_min, x_max, np.asarray(n_pos)))
+    total, mean, com = 0.0, np.zeros(p + k), np.zeros((p + k, p + k))
+    for t, m, c in zip(*each[:3], strict=True):  # Chan et al.'s merge, process by process
+        if t > 0:
+            delta, new_total = m - mean, total + t
+            com = com + c + np.outer(delta, delta) * (total * t / new_total)
+            mean, total = mean + delta * (t / new_total), new_total
     if not total > 0:
         raise ValueError("sample_weight must have a positive sum")
-    sample = tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
     heap.release()
-    return Scan(n, n_pos, total, mean, com, x_min, x_max, sample)
+    return Scan(n_all, int(each[5].sum()), float(total), mean, com, each[3].min(0), each[4].max(0),
+                distributed.concat_rows(sample))
 
 
 # -- exact EM out of core -----------------------------------------------------------------------------------
@@ -203,7 +218,7 @@ def _pass(spec, params, source: ChunkSource, chunk: int, dtype, x_mean, y_mean, 
         m, _, pen = moments_of(spec, params, X - xm, y - ym, w, opts)
         m = m.on_host()
         acc = m if acc is None else acc + m
-    return acc, float(pen)
+    return Moments(*distributed.allsum(tuple(acc))), float(pen)  # all rows of a process group
 
 
 def subsample_start(spec: ModelSpec, s: Scan, opts: FitOptions, chunk: int, dtype, *, n_init: int,
@@ -280,6 +295,7 @@ def fit_em_streaming(
         params, start_objective = subsample_start(spec, s, opts, chunk, dtype, n_init=int(n_init),
                                                   n_candidates=int(n_candidates), random_state=random_state,
                                                   max_iter=int(max_iter), tol=tol, init=init_params)
+        params = distributed.same_everywhere(params)  # every process continues from process 0's start
         heap.release()  # the start compiled the programs: drop compilation's freed memory
     else:
         check_params(spec, start_params)

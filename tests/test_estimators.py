@@ -297,6 +297,7 @@ def test_save_load_round_trip_and_corruption(tmp_path, rng):
         hme.load(tmp_path / "foreign.npz")
 
 
+@pytest.mark.slow
 def test_selector_picks_the_simulated_structure(rng):
     """Data from a depth-1 (2-expert) HME: BIC picks depth 1 and softmax gates and keeps the whole table;
     the BIC column equals each candidate's own bic()."""
@@ -335,8 +336,7 @@ def test_degenerate_fits_are_reported(rng):
 
 def test_selector_never_returns_a_degenerate_fit_silently(rng):
     """Noise-free data: every expert interpolates its points and sits on var_floor, so every candidate is
-    degenerate; the selector returns the best by BIC and says so. On mcycle (issue 12's notebook case) the
-    chosen candidate is healthy whenever a healthy one exists."""
+    degenerate; the selector returns the best by BIC and says so."""
     X = rng.uniform(size=(60, 1))
     y = 2.0 * X[:, 0] + 1.0
     with warnings.catch_warnings():
@@ -346,6 +346,12 @@ def test_selector_never_returns_a_degenerate_fit_silently(rng):
             sel = hme.HMESelector(HMERegressor(**ML), depth=(1, 2), n_init=1, random_state=0).fit(X, y)
     assert all(sel.results_["degenerate"])
     assert sel.best_index_ == int(np.argmin(sel.results_["bic"]))
+
+
+@pytest.mark.slow
+def test_selector_prefers_a_healthy_candidate_on_mcycle():
+    """On mcycle (issue 12's notebook case) the chosen candidate is healthy whenever a healthy one exists
+    (12 candidate trees, two restarts each: slow)."""
     Xm, ym = hme.datasets.load_mcycle()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

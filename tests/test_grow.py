@@ -60,7 +60,7 @@ def test_node_paths_follow_the_tree_numbering(structure):
         assert split.n_leaves == tree.n_leaves + 1 and split.n_gates == tree.n_gates + 1
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.slow), 1])
 def test_growth_recovers_an_irregular_tree_and_its_likelihood(seed):
     rng = np.random.default_rng(seed)
     spec, truth = irregular_truth(rng)

@@ -25,8 +25,11 @@ def _gap(spec, n, seed, **fit):
 
 
 # (gate, depth, n_features): every family, flat and two-level trees, one and several inputs
-SETTINGS = [("softmax", 1, 1), ("softmax", 2, 1), ("softmax", 2, 3), ("laplace", 1, 1), ("laplace", 2, 1),
-            ("laplace", 2, 3), ("gaussian", 1, 1), ("gaussian", 1, 3)]
+# (CI runs one setting per family and the two-level softmax tree; the rest are marked slow)
+_slow = pytest.mark.slow
+SETTINGS = [("softmax", 1, 1), pytest.param("softmax", 2, 1, marks=_slow), ("softmax", 2, 3), ("laplace", 1, 1),
+            pytest.param("laplace", 2, 1, marks=_slow), pytest.param("laplace", 2, 3, marks=_slow),
+            ("gaussian", 1, 1), pytest.param("gaussian", 1, 3, marks=_slow)]
 
 
 @pytest.mark.parametrize("gate, depth, d", SETTINGS)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import hme
-from hme import moments, sources, streaming
+from hme import sources, streaming
 from hme.families.gaussian import moments_m_step, weighted_m_step
 from hme.fitting import FitOptions
 from hme.simulate import random_truth, sample

@@ -213,7 +213,8 @@ def test_quick_exactly_specified_slopes_are_parametric(experiment):
     assert res["failure_rate"] == 0.0
 
 
-@pytest.mark.parametrize("experiment", ["laplace-flat", pytest.param("softmax-flat", marks=pytest.mark.slow),
+@pytest.mark.parametrize("experiment", [pytest.param("laplace-flat", marks=pytest.mark.slow),
+                                        pytest.param("softmax-flat", marks=pytest.mark.slow),
                                         pytest.param("gaussian-flat", marks=pytest.mark.slow)])
 def test_default_start_slopes_are_parametric(experiment):
     """Fitted as a user would (fit_em's default emEM start, n_init=3), not from near the truth, the exactly
