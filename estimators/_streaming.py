@@ -69,7 +69,8 @@ class StreamingMixin:
             res = streaming.fit_em_streaming(
                 spec, source, chunk_size=chunk, dtype=dtype, n_init=self.n_init, n_candidates=self.n_candidates,
                 random_state=seed, max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha,
-                var_floor=self.var_floor, coef_target=target, scan_result=scan, verbose=self.verbose)
+                var_floor=self.var_floor, coef_target=target, scan_result=scan,
+                verbose=self.verbose or None)
         self._store_streamed(spec, res.params, scan.x_min, scan.x_max, scan.x_mean, alpha, gate_alpha, target, dtype)
         counts = res.leaf_mass * scan.n_positive / scan.total
         floor = self.var_floor * np.where(scan.variances()[p:] > 0, scan.variances()[p:], 1.0)

@@ -18,6 +18,7 @@ small programs every pass uses:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -62,7 +63,8 @@ def iterate_moments(spec: ModelSpec, params: HMEParams, moments_at: Callable[[HM
         seconds.append(time.perf_counter() - t0)
         history.append(obj)
         if verbose:
-            print(f"{label} {k}: objective {obj:.8f} (change {obj - prev:+.3e}) in {seconds[-1]:.2f} s", flush=True)
+            print(f"{label} {k}: objective {obj:.8f} (change {obj - prev:+.3e}) in {seconds[-1]:.2f} s",
+                  file=sys.stderr, flush=True)
         if not np.isfinite(obj):
             failed = True
             break

@@ -40,6 +40,8 @@ from .params import HMEParams, center_params, check_params
 from .sources import DEFAULT_CHUNK_SIZE, ChunkSource, as_source, prefetch
 from .spec import ModelSpec
 
+#: streamed fits of at least this many rows report every pass unless ``verbose=0``
+PROGRESS_ROWS = 1_000_000
 #: κ in the online step size γ_t = (t + 1)^(-κ)
 STEP_EXPONENT = 0.6
 
@@ -252,7 +254,7 @@ def fit_em_streaming(
     var_floor=None,
     coef_target=None,
     scan_result: Scan | None = None,
-    verbose: int = 0,
+    verbose: int | None = None,
 ) -> StreamResult:
     """Exact EM on data read in chunks (module docstring): bounded memory whatever the number of rows.
 
@@ -269,7 +271,8 @@ def fit_em_streaming(
     max_iter, tol : passes and the relative-change stopping rule of :func:`hme.fit_em`
     alpha, gate_alpha, var_floor, coef_target : the penalties of :func:`hme.fit_em`
     scan_result : a :func:`scan` of the same data to reuse (skips the first pass)
-    verbose : print one line per pass (objective, change, seconds)
+    verbose : print one line per pass (objective, change, seconds) to stderr; None (default): for data of at
+        least :data:`PROGRESS_ROWS` rows
     """
     check_streamable(spec)
     init_rows = chunk_size if init_rows is None else init_rows
@@ -307,7 +310,7 @@ def fit_em_streaming(
         return out
 
     good, history, seconds, last, converged, failed, n_iter = stream_start.iterate_moments(
-        spec, params, passes, opts, int(max_iter), tol, verbose)
+        spec, params, passes, opts, int(max_iter), tol, s.n_rows >= PROGRESS_ROWS if verbose is None else verbose)
     if last is None:
         raise FloatingPointError("the streamed fit's start has a non-finite log-likelihood")
     final = _from_centred(spec, good, to_dev(s.x_mean), to_dev(s.y_mean))

@@ -249,3 +249,13 @@ def test_memory_is_bounded_by_the_chunk(tmp_path):
         growth[rows] = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
     extra = 1_000_000 * 21 * 4
     assert growth[1_200_000] - growth[200_000] <= 0.25 * extra, growth
+
+
+def test_two_processes_fit_one_model_like_one_process():
+    """benchmarks/multihost.py: two processes joined by jax.distributed (gloo), each holding half the rows, end
+    where one process with all rows ends (relative log-likelihood < 1e-8, parameters within 1e-6)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "multihost.py")
+    out = subprocess.run([sys.executable, path, "--processes", "2", "--rows", "20000", "--chunk", "4096"],
+                         capture_output=True, text=True, timeout=600)
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
+    assert out.returncode == 0 and "agree" in last and "DISAGREE" not in last, last
