@@ -72,20 +72,28 @@ class StreamingMixin:
                 var_floor=self.var_floor, coef_target=target, scan_result=scan,
                 verbose=self.verbose or None)
         self._store_streamed(spec, res.params, scan.x_min, scan.x_max, scan.x_mean, alpha, gate_alpha, target, dtype)
-        counts = res.leaf_mass * scan.n_positive / scan.total
         floor = self.var_floor * np.where(scan.variances()[p:] > 0, scan.variances()[p:], 1.0)
-        collapsed = np.all(np.diagonal(np.asarray(res.params.experts.cov), axis1=1, axis2=2) <= floor * (1 + 1e-6),
-                           axis=1)
-        self.n_iter_, self.converged_ = res.n_iter, res.converged
-        self.lower_bound_, self.lower_bounds_ = res.objective, res.history[np.isfinite(res.history)]
-        self.log_likelihood_ = res.log_likelihood
-        self.best_restart_, self.restart_lower_bounds_ = 0, [self.lower_bounds_]
-        self.restart_converged_, self.restart_failed_ = np.array([res.converged]), np.array([res.failed])
-        self.restart_leaf_counts_, self.restart_collapsed_ = counts[None], collapsed[None]
-        self.restart_degenerate_ = [degeneracy(counts, collapsed)]
+        self._store_diagnostics(res.n_iter, res.converged, res.failed, res.history, res.log_likelihood,
+                                res.leaf_mass * scan.n_positive / scan.total, floor)
         self.pass_seconds_, self.chunk_size_ = res.pass_seconds, res.chunk_size
         self._report_fit()
         return self
+
+    def _store_diagnostics(self, n_iter, converged, failed, history, log_likelihood, leaf_counts, floor):
+        """The fit record's attributes for one run (``restart_*`` of length 1): a leaf is empty below one sample
+        of posterior weight, collapsed when its variances sit on the absolute ``floor`` (m,)."""
+        cov = np.asarray(self.params_.experts.cov)
+        collapsed = np.all(np.diagonal(cov, axis1=1, axis2=2) <= np.asarray(floor) * (1 + 1e-6), axis=1)
+        counts = np.asarray(leaf_counts, np.float64)
+        history = np.asarray(history, np.float64)
+        self.n_iter_, self.converged_ = int(n_iter), bool(converged)
+        self.lower_bounds_ = history[np.isfinite(history)]
+        self.lower_bound_ = float(self.lower_bounds_[-1]) if self.lower_bounds_.size else float("nan")
+        self.log_likelihood_ = float(log_likelihood)
+        self.best_restart_, self.restart_lower_bounds_ = 0, [self.lower_bounds_]
+        self.restart_converged_, self.restart_failed_ = np.array([bool(converged)]), np.array([bool(failed)])
+        self.restart_leaf_counts_, self.restart_collapsed_ = counts[None], collapsed[None]
+        self.restart_degenerate_ = [degeneracy(counts, collapsed)]
 
     def _store_streamed(self, spec, params, x_min, x_max, x_ref, alpha, gate_alpha, target, dtype):
         """Parameters (canonical leaf order) and the attributes prediction reads. Each expert's input box is the
@@ -150,6 +158,11 @@ class StreamingMixin:
             lo, hi = self._online_range
             self._store_streamed(self._online.spec, self._online.params, lo, hi, self._online.x_ref,
                                  alpha, gate_alpha, target, X.dtype)
-        self.n_batches_ = self._online.n_batches
-        self.online_log_likelihoods_ = np.asarray(self._online.history)
+        online = self._online
+        self.n_batches_ = online.n_batches
+        self.online_log_likelihoods_ = np.asarray(online.history)
+        # an online fit has no training log-likelihood of its own: log_likelihood_ is NaN, lower_bounds_ are the
+        # batches' prequential mean log-likelihoods (the first batch's EM objective first)
+        self._store_diagnostics(online.n_batches, False, False, np.r_[online.first_objective, online.history],
+                                float("nan"), online.leaf_mass, np.asarray(online.options.var_floor))
         return self

@@ -90,8 +90,16 @@ class Scan(NamedTuple):
 SCAN_BLOCK = 8192
 
 
+def _combine(total, mean, com, t, m, c):
+    """Two sets of rows' (Σw, weighted mean, co-moment) merged (Chan, Golub & LeVeque's update)."""
+    if not t > 0:
+        return total, mean, com
+    delta, new_total = m - mean, total + t
+    return new_total, mean + delta * (t / new_total), com + c + np.outer(delta, delta) * (total * t / new_total)
+
+
 def _merge(total, mean, com, X, y, w):
-    """(Σw, mean, co-moment) of the rows so far merged with the block's (Chan, Golub & LeVeque's update)."""
+    """(Σw, mean, co-moment) of the rows so far merged with those of the block ``X``, ``y``, ``w``."""
     z = np.concatenate([X, y], axis=1).astype(np.float64)
     wc = w.astype(np.float64)
     tc = wc.sum()
@@ -99,11 +107,7 @@ def _merge(total, mean, com, X, y, w):
         return total, mean, com
     mc = wc @ z / tc
     z -= mc
-    cc = (z * wc[:, None]).T @ z
-    delta = mc - mean
-    new_total = total + tc
-    com = com + cc + np.outer(delta, delta) * (total * tc / new_total)
-    return new_total, mean + delta * (tc / new_total), com
+    return _combine(total, mean, com, tc, mc, (z * wc[:, None]).T @ z)
 
 
 def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.float64, sample_rows: int =
@@ -146,11 +150,8 @@ def scan(source: ChunkSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype=np.
     sample = tuple(np.concatenate([part[i] for part in parts]) if parts else empty[i] for i in range(3))
     each = distributed.allgather((np.asarray(total), mean, com, x_min, x_max, np.asarray(n_pos)))
     total, mean, com = 0.0, np.zeros(p + k), np.zeros((p + k, p + k))
-    for t, m, c in zip(*each[:3], strict=True):  # Chan et al.'s merge, process by process
-        if t > 0:
-            delta, new_total = m - mean, total + t
-            com = com + c + np.outer(delta, delta) * (total * t / new_total)
-            mean, total = mean + delta * (t / new_total), new_total
+    for t, m, c in zip(*each[:3], strict=True):  # process by process
+        total, mean, com = _combine(total, mean, com, t, m, c)
     if not total > 0:
         raise ValueError("sample_weight must have a positive sum")
     heap.release()
@@ -330,9 +331,10 @@ class OnlineEM:
     The first batch is fitted in memory by :func:`hme.fit_em` (``fit_options``: n_init, n_candidates,
     random_state, max_iter, tol) and fixes the centring of inputs and targets and the variance floor; every
     later batch moves the running moments by ``γ_t = (t + 1)^{-step_exponent}`` and re-solves the parameters.
-    ``x_ref``, ``y_ref`` are the first batch's weighted means (the origin of the internal coordinates);
+    ``x_ref``, ``y_ref`` are the first batch's weighted means (the origin of the internal coordinates),
+    ``options`` the traced penalties and floors fixed by the first batch;
     ``history`` holds each later batch's mean log-likelihood under the parameters before it (a prequential
-    score).
+    score); ``first_objective`` is the first batch's EM objective.
     """
 
     def __init__(self, spec: ModelSpec, *, step_exponent: float = STEP_EXPONENT, alpha=DEFAULT_ALPHA,
@@ -347,6 +349,11 @@ class OnlineEM:
         self.history: list[float] = []
 
     @property
+    def leaf_mass(self) -> np.ndarray:
+        """(L,) the running estimate of each leaf's posterior weight over all rows seen, ``N s_mass``."""
+        return np.asarray(self._avg.mass) * self.n_seen
+
+    @property
     def params(self) -> HMEParams:
         """The current parameters on the original inputs (NumPy)."""
         p = _from_centred(self.spec, self._params, jnp.asarray(self.x_ref), jnp.asarray(self.y_ref))
@@ -358,7 +365,7 @@ class OnlineEM:
             return self._first(X, y, sample_weight)
         spec = self.spec
         Xc, yc, w = self._batch(X, y, sample_weight)
-        mom = moments_of(spec, self._params, Xc, yc, w, self._opts)[0].on_host()
+        mom = moments_of(spec, self._params, Xc, yc, w, self.options)[0].on_host()
         total = float(mom.total)
         self.history.append(float(mom.log_lik) / total)
         t = self.n_batches
@@ -366,7 +373,7 @@ class OnlineEM:
         self._avg = self._avg.scaled(1.0 - gamma) + mom.scaled(gamma / total)
         self.n_seen += total
         self._params = solve_moments(spec, self._params, self._avg.scaled(self.n_seen).as_dtype(self._dtype),
-                                     self._opts)
+                                     self.options)
         self.n_batches += 1
         return self
 
@@ -398,18 +405,19 @@ class OnlineEM:
 
         spec = self.spec
         res = fit_em(spec, X, y, sample_weight=sample_weight, **self.penalties, **self.fit_options)
+        self.first_objective = float(res.objective)
         prep = prepare_fit(spec, X, y, sample_weight=sample_weight, **self.penalties)
         w = np.asarray(prep.weight, np.float64)
         self._dtype = prep.X.dtype
         self.x_ref = (w @ np.asarray(prep.X, np.float64)) / w.sum()
         self.y_ref = (w @ np.asarray(prep.y, np.float64)) / w.sum()
-        self._opts = prep.opts
+        self.options = prep.opts
         xr, yr = jnp.asarray(self.x_ref, self._dtype), jnp.asarray(self.y_ref, self._dtype)
         self._params = _to_centred(spec, res.params, xr, yr)
         pad = prep.weight == 0
         Xc = jnp.where(pad[:, None], 0.0, prep.X - xr)
         yc = jnp.where(pad[:, None], 0.0, prep.y - yr)
-        mom = moments_of(spec, self._params, Xc, yc, prep.weight, self._opts)[0].on_host()
+        mom = moments_of(spec, self._params, Xc, yc, prep.weight, self.options)[0].on_host()
         self._avg = mom.scaled(1.0 / float(mom.total))
         self.n_seen = float(mom.total)
         self.n_batches = 1

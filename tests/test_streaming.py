@@ -207,7 +207,7 @@ def test_online_em_reaches_batch_em_on_a_million_rows():
     assert gap <= 0.02, gap
 
 
-def test_estimator_chunked_fit_and_partial_fit(data):
+def test_estimator_chunked_fit_and_partial_fit(data, tmp_path):
     """``chunk_size`` streams an in-memory array; ``partial_fit`` runs online EM; both predict like ``fit``, in
     float32 and float64."""
     spec, truth, X, y = data
@@ -224,6 +224,11 @@ def test_estimator_chunked_fit_and_partial_fit(data):
             online.partial_fit(Xd[start:start + 2000], yd[start:start + 2000])
         assert online.n_batches_ == 4 and online.online_log_likelihoods_.shape == (3,)
         assert online.score(Xd, yd) == pytest.approx(ref.score(Xd, yd), abs=0.02)
+        assert np.isnan(online.log_likelihood_) and online.lower_bounds_.shape == (4,)
+        assert online.restart_leaf_counts_.sum() == pytest.approx(len(yd), rel=1e-6)
+        for model in (chunked, online):  # both save and load like any fit
+            model.save(tmp_path / "m.npz")
+            np.testing.assert_array_equal(hme.load(tmp_path / "m.npz").predict(Xd), model.predict(Xd))
     with pytest.raises(ValueError, match="features"):
         online.partial_fit(Xd[:, :2], yd)
     online.fit(Xd, yd)  # fit starts over: partial_fit continues from this fit no more
