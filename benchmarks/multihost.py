@@ -7,8 +7,8 @@ Starts N local processes joined by ``hme.distributed.initialize`` (JAX's distrib
 through gloo). Each generates the same simulated data (a depth-2 softmax/Gaussian HME on 5 inputs, float64),
 keeps its contiguous block of rows, and runs ``hme.fit_em_streaming`` on it: the first pass, the start's
 subsample and every pass's moments are reduced over the processes. A separate process fits all rows alone. The
-last line says whether the two agree (relative log-likelihood difference below 1e-8 and parameters within 1e-6)
-and gives the largest differences.
+last line says whether the two agree ("agree", or "differ": relative log-likelihood difference below 1e-8 and
+parameters within 1e-6) and gives the largest differences; the exit status is 0 only when they agree.
 
 On a cluster, run the worker part in every process with the coordinator's address instead of 127.0.0.1 (see
 :mod:`hme.distributed`): under SLURM ``srun -n N python my_fit.py`` with ``hme.distributed.initialize()`` (no
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
           f"{many['seconds']:.1f} s")
     print(f"1 process:   log-likelihood {one['log_likelihood']:.10f}, {one['n_iter']} passes, {one['seconds']:.1f} s")
     agree = rel < 1e-8 and dpar < 1e-6
-    print(f"{a.processes} processes and one process {'agree' if agree else 'DISAGREE'}: largest difference "
+    print(f"{a.processes} processes and one process {'agree' if agree else 'differ'}: largest difference "
           f"{rel:.1e} (relative log-likelihood), {dpar:.1e} (parameters)")
     return 0 if agree else 1
 

@@ -194,9 +194,9 @@ def _online_gap(n_rows: int, batch: int, seed: int) -> tuple[float, float]:
 
 
 def test_online_em_reaches_batch_em():
-    """One pass of online EM over 100,000 rows in batches of 10,000 ends within 0.02 nats per sample of batch EM
-    on held-out rows (the issue's bound, at a tenth of its rows)."""
-    gap, _ = _online_gap(100_000, 10_000, seed=3)
+    """One pass of online EM over 50,000 rows in batches of 5,000 ends within 0.02 nats per sample of batch EM
+    on held-out rows (the issue's bound, at a twentieth of its rows)."""
+    gap, _ = _online_gap(50_000, 5_000, seed=3)
     assert gap <= 0.02, gap
 
 
@@ -212,16 +212,16 @@ def test_estimator_chunked_fit_and_partial_fit(data, tmp_path):
     float32 and float64."""
     spec, truth, X, y = data
     for dtype in (np.float64, np.float32):
-        Xd, yd = X.astype(dtype), y.astype(dtype)
+        Xd, yd = X[:4000].astype(dtype), y[:4000].astype(dtype)
         ref = hme.HMERegressor(depth=2, random_state=0).fit(Xd, yd)
-        chunked = hme.HMERegressor(depth=2, random_state=0, chunk_size=2048).fit(Xd, yd)
+        chunked = hme.HMERegressor(depth=2, random_state=0, chunk_size=1024).fit(Xd, yd)
         assert chunked.params_.experts.coef.dtype == dtype and chunked.predict(Xd).dtype == dtype
-        assert chunked.chunk_size_ == 2048 and len(chunked.pass_seconds_) == chunked.n_iter_ + 1
+        assert chunked.chunk_size_ == 1024 and len(chunked.pass_seconds_) == chunked.n_iter_ + 1
         assert chunked.score(Xd, yd) == pytest.approx(ref.score(Xd, yd), abs=0.01)
         assert np.mean(chunked.log_likelihood(Xd, yd)) >= np.mean(ref.log_likelihood(Xd, yd)) - 0.01
         online = hme.HMERegressor(depth=2, random_state=0)
-        for start in range(0, len(yd), 2000):
-            online.partial_fit(Xd[start:start + 2000], yd[start:start + 2000])
+        for start in range(0, len(yd), 1000):
+            online.partial_fit(Xd[start:start + 1000], yd[start:start + 1000])
         assert online.n_batches_ == 4 and online.online_log_likelihoods_.shape == (3,)
         assert online.score(Xd, yd) == pytest.approx(ref.score(Xd, yd), abs=0.02)
         assert np.isnan(online.log_likelihood_) and online.lower_bounds_.shape == (4,)
@@ -263,4 +263,4 @@ def test_two_processes_fit_one_model_like_one_process():
     out = subprocess.run([sys.executable, path, "--processes", "2", "--rows", "20000", "--chunk", "4096"],
                          capture_output=True, text=True, timeout=600)
     last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
-    assert out.returncode == 0 and "agree" in last and "DISAGREE" not in last, last
+    assert out.returncode == 0 and " agree: " in last, last
