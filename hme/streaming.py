@@ -33,6 +33,7 @@ import numpy as np
 
 from . import distributed, heap, stream_start
 from ._linalg import padded_length
+from .em import DEFAULT_N_CANDIDATES
 from .fitting import DEFAULT_ALPHA, DEFAULT_GATE_ALPHA, DEFAULT_VAR_FLOOR, FitOptions, prepare_fit
 from .init import INIT_METHODS
 from .moments import Moments, check_streamable, moments_of, solve_moments
@@ -245,7 +246,7 @@ def fit_em_streaming(
     start_params: HMEParams | None = None,
     init_rows: int | None = None,
     n_init: int = 1,
-    n_candidates: int = 20,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
     init_params: str = "random",
     random_state: int = 0,
     max_iter: int = 200,
@@ -305,6 +306,7 @@ def fit_em_streaming(
         check_params(spec, start_params)
         params = _to_centred(spec, jax.tree_util.tree_map(to_dev, start_params), to_dev(s.x_mean), to_dev(s.y_mean))
         start_objective = float("nan")
+
     def passes(p):
         out = _pass(spec, p, source, chunk, dtype, s.x_mean, s.y_mean, opts)
         heap.release()
@@ -414,10 +416,8 @@ class OnlineEM:
         self.options = prep.opts
         xr, yr = jnp.asarray(self.x_ref, self._dtype), jnp.asarray(self.y_ref, self._dtype)
         self._params = _to_centred(spec, res.params, xr, yr)
-        pad = prep.weight == 0
-        Xc = jnp.where(pad[:, None], 0.0, prep.X - xr)
-        yc = jnp.where(pad[:, None], 0.0, prep.y - yr)
-        mom = moments_of(spec, self._params, Xc, yc, prep.weight, self.options)[0].on_host()
+        mom = moments_of(spec, self._params, *self._batch(X, prep.y[: X.shape[0]], sample_weight),
+                         self.options)[0].on_host()
         self._avg = mom.scaled(1.0 / float(mom.total))
         self.n_seen = float(mom.total)
         self.n_batches = 1
