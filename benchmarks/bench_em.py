@@ -96,8 +96,8 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     spec = hme.make_spec(d, depth=depth)
     L = spec.tree.n_leaves
 
-    # compile time of the whole fit program
-    kw = dict(max_iter=5, tol=0.0, gate_solver=gate_solver)
+    # compile time of the whole fit program (EM alone: the re-seeding stage is timed by fit_cost)
+    kw = dict(max_iter=5, tol=0.0, gate_solver=gate_solver, reseed=False)
     t = time.perf_counter()
     res = hme.fit_em(spec, X, y, **kw)
     jax.block_until_ready(res)
@@ -165,6 +165,27 @@ def _moments_iteration(spec, params, X, y, w, opts, block=4096):
     zero = jax.tree_util.tree_map(jnp.zeros_like, first)
     mom, _ = jax.lax.scan(body, zero, (split(X), split(y), split(w)))
     return moments_step(spec, params, mom, opts)
+
+
+def fit_cost(n, d, depth, dtype_name, reseed):
+    """Wall seconds, peak extra memory / size(X) and objective of a default ``hme.fit_em`` (``max_iter=20``),
+    compiled beforehand on the same shapes, with or without the re-seeding stage."""
+    import hme
+
+    dtype = np.dtype(dtype_name)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = (np.sin(2 * X[:, 0]) + X[:, 1] * (X[:, 2 % d] > 0) + 0.1 * rng.normal(size=n)).astype(dtype)
+    spec = hme.make_spec(d, depth=depth)
+    kw = dict(max_iter=20, reseed=reseed, interruptible=False)
+    hme.fit_em(spec, X, y, random_state=1, **kw)  # compile
+    with _PeakRSS() as mem:
+        t = time.perf_counter()
+        res = hme.fit_em(spec, X, y, **kw)
+        obj = float(res.objective)
+        wall = time.perf_counter() - t
+    return dict(n=n, d=d, depth=depth, reseed=reseed, wall_s=wall, mem_over_X=(mem.peak - mem.start) / X.nbytes,
+                objective=obj)
 
 
 def profile_one(n, d, depth, dtype_name, gate_solver, rate, reps):
@@ -244,6 +265,9 @@ def main():
                     help="time each part of one iteration (both gate solvers) and write docs/performance.md")
     ap.add_argument("--write", action="store_true", help="with --profile: write docs/performance.md")
     ap.add_argument("--reps", type=int, default=7, help="repetitions per timing (the median is reported)")
+    ap.add_argument("--reseed-n", type=int, default=100_000,
+                    help="with --profile: rows of the default-fit cost table (re-seeding on and off; depth 3)")
+    ap.add_argument("--fit-cost", type=int, choices=[0, 1], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -253,6 +277,9 @@ def main():
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if args.one and args.fit_cost is not None:
+        print("RESULT " + json.dumps(fit_cost(args.n[0], args.d[0], args.depth[0], args.dtype, args.fit_cost == 1)))
+        return
     if args.one and args.profile:
         out = profile_one(args.n[0], args.d[0], args.depth[0], args.dtype, args.gate_solver, args.rate, args.reps)
         print("RESULT " + json.dumps(out))
@@ -296,9 +323,11 @@ def main():
                 )
 
 
-def _child(args, rate, gate_solver, extra=()):
-    cmd = [sys.executable, __file__, "--one", "--n", str(args.n[0]), "--d", str(args.d[0]), "--depth",
-           str(args.depth[0]), "--dtype", args.dtype, "--gate-solver", gate_solver, "--rate", str(rate),
+def _child(args, rate, gate_solver, extra=(), n=None, depth=None):
+    n = args.n[0] if n is None else n
+    depth = args.depth[0] if depth is None else depth
+    cmd = [sys.executable, __file__, "--one", "--n", str(n), "--d", str(args.d[0]), "--depth",
+           str(depth), "--dtype", args.dtype, "--gate-solver", gate_solver, "--rate", str(rate),
            "--reps", str(args.reps), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -313,6 +342,7 @@ def write_profile(args, rate):
 
     rows = {s: _child(args, rate, s, ("--profile",)) for s in ("newton", "bound")}
     fits = {s: _child(args, rate, s) for s in ("newton", "bound")}
+    costs = {r: _child(args, rate, "newton", ("--fit-cost", str(r)), n=args.reseed_n, depth=3) for r in (0, 1)}
     r0 = rows["newton"]
     floor = r0["floor_s"]
     gflop = 2 * r0["n"] * r0["d"] ** 2 * r0["leaves"] / 1e9
@@ -339,7 +369,7 @@ def write_profile(args, rate):
         lines.append(f"| {name} | {cell(r0['parts'].get(name))} | {cell(rows['bound']['parts'].get(name))} |")
     lines += [
         "",
-        "Whole fits (`hme.fit_em`, 5 iterations, one restart), in their own processes:",
+        "Whole fits (`hme.fit_em`, 5 iterations, one restart, `reseed=False`), in their own processes:",
         "",
         "| gate solver | compile s | iteration ms | × floor | peak extra memory / size(X) | size(X) MB |",
         "|---|---|---|---|---|---|",
@@ -347,6 +377,19 @@ def write_profile(args, rate):
     for s, r in fits.items():
         lines.append(f"| {s} | {r['compile_s']:.1f} | {r['iter_s'] * 1e3:.0f} | {r['ratio']:.1f} | "
                      f"{r['mem_over_X']:.1f} | {r['x_mb']:.0f} |")
+    c0, c1 = costs[0], costs[1]
+    lines += [
+        "",
+        f"A default fit with and without its re-seeding stage (`hme.fit_em(spec, X, y, max_iter=20)`, n = "
+        f"{c0['n']:,}, d = {c0['d']}, depth {c0['depth']}, compiled beforehand, in their own processes). Re-seeding "
+        "(issue 11: leaves rearranged, Laplace keys re-drawn) runs up to 3 rounds of 8 short runs of 30 EM "
+        "iterations on all rows, each round's best then to convergence:",
+        "",
+        "| re-seeding | wall s | peak extra memory / size(X) | objective (mean penalised log-lik.) |",
+        "|---|---|---|---|",
+        f"| off | {c0['wall_s']:.1f} | {c0['mem_over_X']:.1f} | {c0['objective']:.6f} |",
+        f"| on (default) | {c1['wall_s']:.1f} | {c1['mem_over_X']:.1f} | {c1['objective']:.6f} |",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

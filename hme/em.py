@@ -390,7 +390,7 @@ def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts
             gates = GateParams(gates.bias.at[gids].set(0.0), gates.weight.at[gids].set(D[rows]), gates.cov)
         return HMEParams(gates, p.experts)
 
-    return jax.vmap(one)(keys, perms)
+    return jax.lax.map(lambda kp: one(*kp), (keys, perms))  # one after another: memory of one start
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
@@ -407,7 +407,9 @@ def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
         obj = e_step(spec, p, data, opts).objective
         return p, jnp.where(jnp.isfinite(obj), obj, -jnp.inf), healthy(spec, p, data, opts)
 
-    ran, obj, ok = jax.vmap(short_run)(starts)
+    # one start after another: peak memory is one run's (n, L) arrays, not RESEED_STARTS of them (on a CPU the
+    # rows already fill the cores, so vmap would gain little speed for its RESEED_STARTS-fold memory)
+    ran, obj, ok = jax.lax.map(short_run, starts)
     rank = jnp.where(ok, obj, jnp.where(jnp.isfinite(obj), -jnp.finfo(obj.dtype).max, -jnp.inf))
     # the first start within roundoff of the best: equivalent trees (siblings swapped) tie, and the choice among
     # them must not depend on roundoff (integer weights must fit as repeated rows do)
