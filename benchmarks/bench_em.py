@@ -80,14 +80,39 @@ class _PeakRSS:
         self._t.join()
 
 
+def _steady_state(spec, X, y, gate_solver, fitted):
+    """(data, opts, cfg, params) of a steady-state EM iteration: the padded, centred data the fit uses and the
+    fitted parameters on the centred inputs."""
+    import jax
+    import jax.numpy as jnp
+
+    import hme
+    from hme import em, fitting
+    from hme._linalg import padded_length
+    from hme.model import make_design
+
+    n, dtype = X.shape[0], X.dtype
+    n_pad = padded_length(n)
+    Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
+    data = fitting.FitData(
+        make_design(spec, Xc),
+        jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
+        jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
+    )
+    opts = fitting.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
+                              gate_alpha=jnp.asarray(1e-4, dtype), var_floor=jnp.full((1,), 1e-6, dtype))
+    params = jax.tree_util.tree_map(jnp.asarray, fitted)
+    params = hme.params.center_params(spec, params, jnp.asarray(X.mean(0)), +1.0)
+    return data, opts, em.FitConfig(gate_solver=gate_solver), params
+
+
 def run_one(n, d, depth, dtype_name, gate_solver, rate):
     import jax
     import jax.numpy as jnp
 
     import hme
     from hme import em, fitting
-    from hme._linalg import padded_length, weighted_gram
-    from hme.model import make_design
+    from hme._linalg import weighted_gram
 
     dtype = np.dtype(dtype_name)
     rng = np.random.default_rng(0)
@@ -113,18 +138,7 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     extra = mem.peak - mem.start
 
     # steady-state iteration on the padded, centred data the fit uses
-    n_pad = padded_length(n)
-    Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
-    data = fitting.FitData(
-        make_design(spec, Xc),
-        jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
-        jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
-    )
-    opts = fitting.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
-                         gate_alpha=jnp.asarray(1e-4, dtype), var_floor=jnp.full((1,), 1e-6, dtype))
-    cfg = em.FitConfig(gate_solver=gate_solver)
-    params = jax.tree_util.tree_map(jnp.asarray, res.params)
-    params = hme.params.center_params(spec, params, jnp.asarray(X.mean(0)), +1.0)
+    data, opts, cfg, params = _steady_state(spec, X, y, gate_solver, res.params)
     step = jax.jit(lambda p, data: em.em_step(spec, cfg, p, data, opts)[1])
     it = _median_time(step, params, data)
 
@@ -135,7 +149,7 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     gram = jax.jit(weighted_gram)
     t_stats = _median_time(gram, data.design.expert, W)
     q = d + 1
-    stats_gflops = 2 * n_pad * q * q * K / t_stats / 1e9
+    stats_gflops = 2 * data.y.shape[0] * q * q * K / t_stats / 1e9
     floor = 2 * n * d * d * L / (rate * 1e9)
     return dict(
         n=n, d=d, depth=depth, leaves=L, dtype=dtype_name, gate_solver=gate_solver,
@@ -196,9 +210,9 @@ def profile_one(n, d, depth, dtype_name, gate_solver, rate, reps):
     import hme
     from hme import em, fitting
     from hme import gates as gate_ops
-    from hme._linalg import padded_length, weighted_gram
+    from hme._linalg import weighted_gram
     from hme._logit import newton_weights
-    from hme.model import edge_mass, make_design
+    from hme.model import edge_mass
 
     dtype = np.dtype(dtype_name)
     rng = np.random.default_rng(0)
@@ -207,18 +221,7 @@ def profile_one(n, d, depth, dtype_name, gate_solver, rate, reps):
     spec = hme.make_spec(d, depth=depth)
     L, G = spec.tree.n_leaves, spec.tree.n_gates
     res = hme.fit_em(spec, X, y, max_iter=5, tol=0.0, gate_solver=gate_solver, reseed=False)
-    n_pad = padded_length(n)
-    Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
-    data = fitting.FitData(
-        make_design(spec, Xc),
-        jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
-        jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
-    )
-    opts = fitting.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
-                              gate_alpha=jnp.asarray(1e-4, dtype), var_floor=jnp.full((1,), 1e-6, dtype))
-    cfg = em.FitConfig(gate_solver=gate_solver)
-    params = jax.tree_util.tree_map(jnp.asarray, res.params)
-    params = hme.params.center_params(spec, params, jnp.asarray(X.mean(0)), +1.0)
+    data, opts, cfg, params = _steady_state(spec, X, y, gate_solver, res.params)
     De, Dg = data.design
     st = jax.jit(lambda p, data: fitting.e_step(spec, p, data, opts))(params, data)
     edge_w = edge_mass(spec, st.leaf_w)
@@ -247,7 +250,7 @@ def profile_one(n, d, depth, dtype_name, gate_solver, rate, reps):
     if gate_solver == "bound":
         parts["one-pass iteration from block moments (hme.moments)"] = (
             jax.jit(lambda p, X, y, w: _moments_iteration(spec, p, X, y, w, opts)),
-            (params, Xc, data.y, data.weight))
+            (params, jnp.asarray(np.pad(X - X.mean(0), ((0, data.y.shape[0] - n), (0, 0)))), data.y, data.weight))
     out = {name: _median_time(f, *args, reps=reps) for name, (f, args) in parts.items()}
     floor = 2 * n * d * d * L / (rate * 1e9)
     return dict(n=n, d=d, depth=depth, leaves=L, gates=G, dtype=dtype_name, gate_solver=gate_solver, floor_s=floor,
