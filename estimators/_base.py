@@ -220,9 +220,19 @@ class HMEBase(BaseEstimator):
         """Grow the tree (:func:`hme.grow.grow_tree`); returns (spec, result) and sets ``growth_path_``."""
         from hme.grow import grow_tree
 
-        def fit(Xf, Yf, wf):  # growth compares two starts per tree itself: no re-seeding (one program less per tree)
-            return lambda spec, start: self._run_engine(
-                spec, Xf, Yf, seed, reseed=False, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+        def fit(Xf, Yf, wf):  # no re-seeding: growth's fresh starts play its part (one program less per tree)
+            def run(spec, start, fresh=False):
+                if not fresh:
+                    return self._run_engine(spec, Xf, Yf, seed, reseed=False,
+                                            **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+                options = self._engine_options(Xf, Yf, wf, spec, var_floor, None)
+                if self.solver != "gradient":  # the start as one more restart of the default fit: one program
+                    return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start, **options)
+                a = self._run_engine(spec, Xf, Yf, seed, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+                b = self._run_engine(spec, Xf, Yf, seed, **options)
+                return b if float(b.objective) > float(a.objective) else a
+
+            return run
 
         base = self._engine_options(X, Y, sample_weight, template, var_floor, None)
         local = {k: base[k] for k in ("n_candidates", "max_iter", "tol", "alpha", "gate_alpha", "var_floor",

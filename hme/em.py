@@ -80,6 +80,8 @@ class FitConfig:
     gate_solver: str = "newton"
     expert_solver: str = "newton"
     user_init: bool = False
+    #: one more restart, from the given ``start_params``, beside the ``n_init`` screened default starts
+    extra_start: bool = False
     #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
     monitor: bool = False
     #: emEM: candidate starts screened by a short EM run for each restart (1: no screening)
@@ -218,11 +220,16 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
 
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, start_params) -> HMEParams:
     """(n_init, ...) starting parameters on the centred inputs: ``start_params`` broadcast, or one screened
-    start per key (:func:`screened_starts`)."""
+    start per key (:func:`screened_starts`); with ``cfg.extra_start``, (1 + n_init, ...): ``start_params``
+    first, then the screened starts."""
     if cfg.user_init:
         p0 = center_params(spec, start_params, x_mean, +1.0)
         return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
-    return screened_starts(spec, cfg, keys, data, opts)
+    screened = screened_starts(spec, cfg, keys, data, opts)
+    if not cfg.extra_start:
+        return screened
+    p0 = center_params(spec, start_params, x_mean, +1.0)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None].astype(b.dtype), b]), p0, screened)
 
 
 @jax.jit(static_argnames=("spec", "cfg"))
@@ -242,6 +249,7 @@ def fit_em(
     sample_weight=None,
     init_params: str = "random",
     start_params: HMEParams | None = None,
+    extra_start: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
@@ -270,6 +278,9 @@ def fit_em(
     init_params : {"kmeans", "kmeans_xy", "random"}, how random starts are drawn (:mod:`hme.init`; the estimators'
         ``init_params``); ignored when ``start_params`` is given
     start_params : HMEParams to start from (then every restart starts there)
+    extra_start : HMEParams run as one more restart (restart 0) beside the ``n_init`` default (screened) starts,
+        in the same compiled program; the best of the ``1 + n_init`` runs wins, e.g. a start assembled from a
+        smaller tree checked against fresh starts. Not together with ``start_params``.
     n_init : full EM runs (restarts), vectorised with ``vmap`` over PRNG keys; the best penalised
         log-likelihood among the non-degenerate restarts wins (:func:`healthy`; all degenerate: the best)
     n_candidates : emEM screening: each restart starts from the best of ``n_candidates`` random starts after
@@ -297,7 +308,8 @@ def fit_em(
     reseed : re-seed Laplace keys after the fit (trees without Laplace gates: no effect). :data:`RESEED_STARTS`
         short EM runs start from the best fit with the keys re-drawn at data rows (:func:`reseeded_starts`); the
         best runs to convergence and replaces the winning restart when its penalised log-likelihood is higher.
-        None (default): on for the default start, off when ``start_params`` is given.
+        None (default): on for the default start (with or without ``extra_start``), off when ``start_params``
+        is given.
     mesh : data parallelism (:mod:`hme.sharding`): an int (the first k devices), ``"all"``, a list of devices or a
         ``jax.sharding.Mesh``; the rows are split over the devices and the statistics all-reduced, with the same
         answer as one device up to rounding. Default: one device (or the enclosing
@@ -309,12 +321,16 @@ def fit_em(
     """
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
-    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params, start_params=start_params,
-                    n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
+    if start_params is not None and extra_start is not None:
+        raise ValueError("give start_params (every restart starts there) or extra_start (one more restart), not both")
+    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params,
+                    start_params=start_params if extra_start is None else extra_start, n_init=n_init,
+                    random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
                     gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init_params, gate_solver=gate_solver,
-                    expert_solver=expert_solver, user_init=p.user_init, monitor=monitored,
+                    expert_solver=expert_solver, user_init=start_params is not None,
+                    extra_start=extra_start is not None, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
     def run():
         res = _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params)
@@ -331,7 +347,7 @@ def fit_em(
             res = new
         return res
 
-    return _monitor.launch(run, monitored, max_iter, verbose, "EM", n_init)
+    return _monitor.launch(run, monitored, max_iter, verbose, "EM", n_init + (extra_start is not None))
 
 
 def reseed_tie(objective):

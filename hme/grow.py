@@ -13,9 +13,9 @@ growing hierarchical mixtures of experts"). At each step, for the current tree w
 
    the increase of the expected complete-data log-likelihood with the rest of the tree held fixed.
 2. **The best split is tried in the whole tree**: the leaf is replaced by the local gate and its two experts,
-   every other gate and expert keeps its parameters, and EM runs on the whole tree from there and, separately,
-   from the default emEM start of the new tree; the higher objective of the two stands. The split is kept
-   when the criterion improves: BIC (``-2 log L + k log n``), ICL (BIC plus twice the posterior entropy,
+   every other gate and expert keeps its parameters, and EM runs on the whole tree from there and, as further
+   restarts of the same compiled fit, from the default emEM starts of the new tree; the best run stands. The split
+   is kept when the criterion improves: BIC (``-2 log L + k log n``), ICL (BIC plus twice the posterior entropy,
    Biernacki, Celeux & Govaert 2000) or the held-out log-likelihood (``-2 Σ log p`` on validation rows). When
    it does not, the next-best leaf whose estimated gain still pays for its parameters is tried.
 3. Growth stops when no split improves the criterion or at ``max_leaf_nodes``. **Pruning** then collapses any
@@ -23,7 +23,8 @@ growing hierarchical mixtures of experts"). At each step, for the current tree w
    Robinson 1995, "Pruning and growing hierarchical mixtures of experts").
 
 Trees grow irregular (one branch deeper than another). The local fits share one compiled program for the whole
-growth (the leaf axis is padded to ``max_leaf_nodes``); each distinct tree compiles its own EM program. Gate
+growth (the leaf axis is padded to ``max_leaf_nodes``); each distinct tree compiles one EM program (the assembled
+start is one more restart of the default fit, ``fit_em(extra_start=...)``). Gate
 families may differ per level (a per-level tuple; levels below its end use its last family); Gaussian gates,
 which model the inputs jointly, define a single gate and do not grow.
 """
@@ -208,7 +209,7 @@ class Grower:
         t0 = time.perf_counter()
         spec = self.spec_for(SPLIT)
         dtype = np.asarray(self.X).dtype
-        res = self.fit(spec, zeros_params(spec, dtype))
+        res = self.fit(spec, zeros_params(spec, dtype), fresh=False)
         return self.score((), spec, res, "start", t0)
 
     def leaf_gains(self, cur: _Candidate) -> tuple[list, np.ndarray, EMResult, list]:
@@ -270,12 +271,10 @@ class Grower:
         return self.score(structure, spec, self.refit(spec, start), f"split leaf {path}", t0)
 
     def refit(self, spec: ModelSpec, start: HMEParams) -> EMResult:
-        """The tree fitted twice, from the assembled start and from the default (emEM) start, keeping the higher
-        objective: EM from an assembled start can stay in the basin the smaller tree left it (a split placed
-        where a later one fits better), while the fresh start sees the whole tree at once."""
-        a = self.fit(spec, start)
-        b = self.fit(spec, None)
-        return b if float(b.objective) > float(a.objective) else a
+        """The tree fitted from the assembled start and from the default (emEM) starts, in one program, keeping
+        the best run: EM from an assembled start can stay in the basin the smaller tree left it (a split placed
+        where a later one fits better), while a fresh start sees the whole tree at once."""
+        return self.fit(spec, start, fresh=True)
 
     def collapse(self, cur: _Candidate, path: tuple) -> _Candidate:
         """The gate at ``path`` (all of whose children are leaves) replaced by its heavier child's expert."""
@@ -321,8 +320,9 @@ def grow_tree(
     max_leaf_nodes : at most this many leaves (None: as many as the criterion supports)
     criterion : "bic", "icl" or "validation" (then ``validation=(X_val, y_val, w_val)`` is required); lower wins
     prune : collapse gates over leaves while the criterion improves, once growth stops
-    fit : ``fit(spec, start_params) -> EMResult``, the whole-tree fit from a start, or from the default start
-        when ``start_params`` is None (default :func:`hme.fit_em` on X, y, sample_weight with its defaults)
+    fit : ``fit(spec, start_params, fresh) -> EMResult``, the whole-tree fit from ``start_params`` alone
+        (``fresh=False``), or the best of a run from it and of the default starts' runs (``fresh=True``; default
+        :func:`hme.fit_em` on X, y, sample_weight with its defaults, ``extra_start=start_params``)
     local_options : keyword arguments of the local split fits (:func:`hme.em.fit_em_weightings`: ridges,
         ``max_iter``, ``tol``, ``n_candidates``...)
     """
@@ -339,7 +339,9 @@ def grow_tree(
     X = np.asarray(X)
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if fit is None:
-        def fit(spec, start):
+        def fit(spec, start, fresh):
+            if fresh:
+                return fit_em(spec, X, y, sample_weight=w, extra_start=start)
             return fit_em(spec, X, y, sample_weight=w, start_params=start)
     cap = np.inf if max_leaf_nodes is None else int(max_leaf_nodes)
     g = Grower(template, gate, X, y, w, fit, dict(local_options or {}), criterion, validation, cap)

@@ -167,6 +167,23 @@ def test_vmapped_restarts_equal_sequential_restarts(rng):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_extra_start_is_one_more_restart(rng):
+    """``extra_start`` runs restart 0 from the given start and restarts 1… from the default starts, in one program:
+    each restart's objective is that of the same run made on its own, and the winner is the best of them."""
+    spec = hme.make_spec(2, depth=2)
+    X, y, _ = _simulate(spec, random_params(spec, rng, gate_scale=2.0), 400, rng)
+    start = random_params(spec, rng)
+    fit = dict(max_iter=30, tol=0.0, reseed=False)
+    both = hme.fit_em(spec, X, y, n_init=2, random_state=4, extra_start=start, **fit)
+    alone = hme.fit_em(spec, X, y, start_params=start, **fit)
+    fresh = hme.fit_em(spec, X, y, n_init=2, random_state=4, **fit)
+    objs = np.concatenate([[float(alone.objective)], np.asarray(fresh.restart_objective)])
+    np.testing.assert_allclose(np.asarray(both.restart_objective), objs, rtol=1e-8 if X64 else 1e-4)
+    assert int(both.best_restart) == int(np.argmax(objs))
+    with pytest.raises(ValueError, match="not both"):
+        hme.fit_em(spec, X, y, start_params=start, extra_start=start)
+
+
 def test_fit_is_reproducible_and_seeds_matter(rng):
     spec = hme.make_spec(2, depth=2)
     X, y, _ = _simulate(spec, random_params(spec, rng, gate_scale=2.0), 300, rng)
