@@ -225,12 +225,9 @@ class HMEBase(BaseEstimator):
                 if not fresh:
                     return self._run_engine(spec, Xf, Yf, seed, reseed=False,
                                             **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
-                options = self._engine_options(Xf, Yf, wf, spec, var_floor, None)
-                if self.solver != "gradient":  # the start as one more restart of the default fit: one program
-                    return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start, **options)
-                a = self._run_engine(spec, Xf, Yf, seed, **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
-                b = self._run_engine(spec, Xf, Yf, seed, **options)
-                return b if float(b.objective) > float(a.objective) else a
+                # the start as one more restart of the default fit: one program
+                return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start,
+                                        **self._engine_options(Xf, Yf, wf, spec, var_floor, None))
 
             return run
 

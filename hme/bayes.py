@@ -30,7 +30,7 @@ from . import code_space
 from . import gates as _gates
 from .families.linear import linear_predictor
 from .model import log_path_from_gates, make_design
-from .monitor import FitMonitor
+from .monitor import FitMonitor, run_in_worker
 from .params import ExpertParams, GateParams, HMEParams
 from .spec import ModelSpec
 
@@ -182,6 +182,12 @@ NUTS_CHUNK = 25
 SVI_CHUNK = 100
 
 
+def _chunk_result(result):
+    """A chunk's (state on the device, outputs fetched to the host)."""
+    state, out = result
+    return state, jax.device_get(out)
+
+
 def _run_in_chunks(chunk_fn, state, total: int, chunk: int, monitor: FitMonitor, objective):
     """Call the compiled ``chunk_fn(state, first_step) -> (state, outputs)`` (``chunk`` steps each) until ``total``
     steps are done; return the last state and the outputs of every step, concatenated on the leading axis.
@@ -190,8 +196,9 @@ def _run_in_chunks(chunk_fn, state, total: int, chunk: int, monitor: FitMonitor,
     pieces = []
     try:
         for first in range(0, total, chunk):
-            state, out = chunk_fn(state, jnp.asarray(first))
-            out = jax.device_get(out)  # waits for the chunk: a Ctrl-C raises here, between chunks
+            # the chunk is dispatched and awaited in a helper thread: a Ctrl-C raises in this thread's wait and
+            # takes effect once the chunk has returned, never inside JAX's dispatch
+            state, out = run_in_worker(lambda s=state, f=first: _chunk_result(chunk_fn(s, jnp.asarray(f))))
             pieces.append(out)
             value = np.atleast_1d(objective(out))
             monitor(np.full(value.shape, min(first + chunk, total)), value)

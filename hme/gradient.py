@@ -63,6 +63,8 @@ class GradientConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     user_init: bool = False
+    #: one more restart from ``start_params`` beside the screened default starts (as in :class:`hme.em.FitConfig`)
+    extra_start: bool = False
     gate_solver: str = "newton"  # used by the initialisation only
     expert_solver: str = "newton"
     #: report every iteration to :mod:`hme.monitor` (progress, Ctrl-C) through a host callback
@@ -188,6 +190,8 @@ def run_gradient(
 def _fit_gradient(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
     starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
+    if cfg.extra_start:  # restart 0 runs from start_params with the key it would have alone
+        keys = jnp.concatenate([keys[:1], keys])
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     traces = jax.vmap(lambda p, k: run_gradient(spec, cfg, p, data, opts, k))(starts, run_keys)
     return best_of(spec, traces, data, opts, x_mean)
@@ -205,6 +209,7 @@ def fit_gradient(
     batch_size: int | None = None,
     init_params: str = "random",
     start_params: HMEParams | None = None,
+    extra_start: HMEParams | None = None,
     n_init: int = 1,
     n_candidates: int = DEFAULT_N_CANDIDATES,
     random_state=0,
@@ -237,12 +242,16 @@ def fit_gradient(
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params, start_params=start_params,
-                    n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
+    if start_params is not None and extra_start is not None:
+        raise ValueError("give start_params (every restart starts there) or extra_start (one more restart), not both")
+    p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params,
+                    start_params=start_params if extra_start is None else extra_start, n_init=n_init,
+                    random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
                     gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init_params,
                          batch_size=None if batch_size is None else int(batch_size), learning_rate=learning_rate,
-                         user_init=p.user_init, monitor=monitored, n_candidates=check_n_candidates(n_candidates))
+                         user_init=start_params is not None, extra_start=extra_start is not None, monitor=monitored,
+                         n_candidates=check_n_candidates(n_candidates))
     return _monitor.launch(lambda: _fit_gradient(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params),
-                           monitored, max_iter, verbose, optimizer, n_init)
+                           monitored, max_iter, verbose, optimizer, n_init + (extra_start is not None))

@@ -19,6 +19,7 @@ monitored fit raises ``RuntimeError`` instead of mixing their reports.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -137,25 +138,46 @@ def launch(dispatch, monitored: bool, max_iter: int, verbose: int, label: str, n
 def run_monitored(dispatch, monitor: FitMonitor, poll: float = 0.05) -> Any:
     """Run ``dispatch()`` (which launches the compiled fit) with ``monitor`` active and return its result, ready.
 
-    ``dispatch`` runs in a helper thread (tracing and compiling included); the calling thread waits on an event
-    in ``poll``-second slices, where Ctrl-C is delivered. On ``KeyboardInterrupt`` the loop is asked to stop, the
-    calling thread waits until the compiled program has returned (within one iteration; further Ctrl-C presses
-    meanwhile are absorbed, so nothing is left running) and the interrupt is re-raised. Exceptions of the fit are
-    re-raised in the calling thread.
-
-    The wait is an ``Event``, not ``Thread.join(timeout)``: on CPython 3.11 an interrupt inside ``join`` can mark a
-    still-running thread as stopped (the bpo-45274 handler releases the running thread's state lock), after which
-    ``join()`` returns at once and the fit would keep running unmonitored in the background.
-    """
+    ``dispatch`` runs in a helper thread (tracing and compiling included, :func:`run_in_worker`); on Ctrl-C the
+    loop is asked to stop, and the interrupt is re-raised once the compiled program has returned (within one
+    iteration), so nothing is left running."""
     global _active
     if not _lock.acquire(blocking=False):
         raise RuntimeError("another monitored hme fit is running in this process; run fits one after another")
+    try:
+        _active = monitor
+
+        def stop():
+            monitor.stop_requested = True
+
+        return run_in_worker(dispatch, on_interrupt=stop, poll=poll)
+    finally:
+        _active = None
+        monitor.close()
+        _lock.release()
+
+
+def run_in_worker(fn, on_interrupt=None, poll: float = 0.05) -> Any:
+    """``jax.block_until_ready(fn())`` computed in a helper thread while the calling thread waits; returns it.
+
+    Python runs signal handlers in the main thread only, so the ``KeyboardInterrupt`` of a Ctrl-C lands in this
+    wait, never inside JAX's dispatch or tracing code (where an exception raised at an arbitrary point can leave
+    its state half-updated). On ``KeyboardInterrupt``, ``on_interrupt()`` is called (e.g. to ask a compiled loop
+    to stop), the wait goes on until ``fn`` has returned (further Ctrl-C presses meanwhile are absorbed, so
+    nothing is left running) and the interrupt is re-raised. Exceptions of ``fn`` are re-raised in the calling
+    thread. ``fn`` runs in the caller's context (:func:`in_callers_context`).
+
+    The wait is an ``Event``, not ``Thread.join(timeout)``: on CPython 3.11 an interrupt inside ``join`` can mark a
+    still-running thread as stopped (the bpo-45274 handler releases the running thread's state lock), after which
+    ``join()`` returns at once and the computation would keep running unwatched in the background.
+    """
     box: dict = {}
     finished = threading.Event()
+    fn = in_callers_context(fn)
 
     def target():
         try:
-            box["result"] = jax.block_until_ready(dispatch())
+            box["result"] = jax.block_until_ready(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
         finally:
@@ -163,24 +185,38 @@ def run_monitored(dispatch, monitor: FitMonitor, poll: float = 0.05) -> Any:
 
     worker = threading.Thread(target=target, name="hme-fit", daemon=True)
     try:
-        _active = monitor
         worker.start()
         try:
             while not finished.wait(poll):
                 pass
         except KeyboardInterrupt:
-            monitor.stop_requested = True
+            if on_interrupt is not None:
+                on_interrupt()
             _wait_absorbing_interrupts(finished, poll)
             raise
     finally:
         if finished.is_set():
             worker.join()
-        _active = None
-        monitor.close()
-        _lock.release()
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def in_callers_context(fn):
+    """``fn`` wrapped to run, in another thread, as it would in the calling one. A new thread starts with JAX's
+    global settings and empty context variables: an estimator's float64 scope (``jax.enable_x64``) would be lost,
+    and the fit traced in float32 with float64 inputs (a warning per operation), and so would the data-parallel
+    mesh of :mod:`hme.sharding`. The wrapper carries the caller's context variables and its JAX x64, default
+    device and default matmul precision settings."""
+    ctx = contextvars.copy_context()
+    x64 = bool(jax.config.jax_enable_x64)
+    device, precision = jax.config.jax_default_device, jax.config.jax_default_matmul_precision
+
+    def run():
+        with jax.enable_x64(x64), jax.default_device(device), jax.default_matmul_precision(precision):
+            return ctx.run(fn)
+
+    return run
 
 
 def _wait_absorbing_interrupts(event: threading.Event, poll: float) -> None:

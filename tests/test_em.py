@@ -182,6 +182,12 @@ def test_extra_start_is_one_more_restart(rng):
     assert int(both.best_restart) == int(np.argmax(objs))
     with pytest.raises(ValueError, match="not both"):
         hme.fit_em(spec, X, y, start_params=start, extra_start=start)
+    # the gradient engine shares the starts
+    g = dict(max_iter=20, random_state=4)
+    both = hme.fit_gradient(spec, X, y, extra_start=start, **g)
+    objs = [float(hme.fit_gradient(spec, X, y, start_params=start, **g).objective),
+            float(hme.fit_gradient(spec, X, y, **g).objective)]
+    np.testing.assert_allclose(np.asarray(both.restart_objective), objs, rtol=1e-8 if X64 else 1e-4)
 
 
 def test_fit_is_reproducible_and_seeds_matter(rng):

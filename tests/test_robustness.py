@@ -259,3 +259,23 @@ def test_float32_laplace_classifier_on_wide_large_scale_inputs_gives_probabiliti
         p = est.fit(X, y).predict_proba(X)
     assert p.dtype == np.float64  # renormalised in float64 from the float32 fit's log-probabilities (issue 12)
     assert np.all((p >= 0) & (p <= 1)) and np.abs(p.sum(1) - 1).max() < 1e-12
+
+
+def test_monitored_fit_runs_in_the_callers_precision(rng):
+    """A monitored fit (``verbose``) is launched from a helper thread; it must see the estimator's float64 scope
+    that the calling thread entered (with x64 off globally), and give the unmonitored fit's answer."""
+    import jax
+
+    X = rng.normal(size=(300, 2))
+    y = np.where(X[:, 0] > 0, 2 * X[:, 1], -X[:, 1]) + 0.1 * rng.normal(size=300)
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # globally: a new thread starts from the global setting
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*float64.* is not available")  # float64 traced as float32
+            quiet = HMERegressor(depth=1, max_iter=30, random_state=0).fit(X, y)
+            shown = HMERegressor(depth=1, max_iter=30, random_state=0, verbose=1).fit(X, y)
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert shown.expert_coef_.dtype == np.float64
+    np.testing.assert_allclose(shown.predict(X), quiet.predict(X), rtol=1e-10, atol=1e-12)
