@@ -297,6 +297,14 @@ def report(rows, command: str, seconds: float, measured: bool = True, wanted=())
             counts.setdefault((task, D), []).append(v)
             out.append(f"| {name} | {task[:5]}. | {ll[1]} | {D} | {_fmt_ci(err, 2)} | {_fmt_ci(ll)} | {v} |")
     out += [""]
+    verdicts = [v for key, vs in counts.items() for v in vs if key[0] != "family"]
+    if verdicts:
+        judged = [v for v in verdicts if v != "n/a"]
+        out += [f"**In short:** of the {len(judged)} (set, D) comparisons with an interval, "
+                f"{judged.count('better')} favour the tree, {judged.count('worse')} the flat mixture and "
+                f"{judged.count('same')} cannot tell them apart (at 95%, about {0.05 * len(judged):.1f} intervals "
+                "would exclude 0 by chance alone if the two were equal). The README's *Deep or flat?* reads these "
+                "numbers set by set.", ""]
     # 2. gating families at depth 2
     fams = [m for m in ("SL (depth 2)", "LS (depth 2)", "LL (depth 2)") if any(m in table[s] for s in table)]
     if fams:
@@ -342,7 +350,87 @@ def report(rows, command: str, seconds: float, measured: bool = True, wanted=())
             label += f" ({vs.count('n/a')} set(s) with a single split left out)"
         out.append(f"| {label} | {vs.count('better')} | {vs.count('worse')} | {vs.count('same')} |")
     out += [""]
+    out += predictors_section(table, sets, depths)
     return "\n".join(out)
+
+
+def set_features(table, name: str, depths) -> dict:
+    """What might predict whether depth pays on one set: its size, its inputs, how nonlinear it is, how much mixing
+    gains over the best baseline and the standardised deep - flat effect.
+
+    * ``nonlinearity``: regression, 1 - min(MSE of tree, hgb, mlp) / MSE(linear), the share of the linear model's
+      error that the best nonlinear baseline removes; classification, the best nonlinear baseline's log-density
+      minus logistic regression's (nats per row);
+    * ``mixing``: the best HME's mean log-density minus the best baseline's (nats per row);
+    * ``depth_t``: the paired deep - flat log-density difference over its standard error (the corrected interval's
+      half-width / t quantile), averaged over D: a signed, scale-free size of the tree's advantage."""
+    from scipy import stats
+
+    models = table[name]
+    task = "regression" if name in REGRESSION else "classification"
+    mean = {m: float(np.mean(d["log_lik"])) for m, d in models.items()}
+    err = {m: float(np.mean(d["error"])) for m, d in models.items()}
+    base = [b for b in BASELINES if b in models]
+    nonlinear = [b for b in base if b != "linear"]
+    nonlin = np.nan
+    if "linear" in models and nonlinear:
+        nonlin = (1 - min(err[b] for b in nonlinear) / err["linear"] if task == "regression"
+                  else max(mean[b] for b in nonlinear) - mean["linear"])
+    hmes = [m for m, d in models.items() if d["kind"] != "baseline"]
+    mixing = max(mean[m] for m in hmes) - max(mean[b] for b in base) if hmes and base else np.nan
+    ts = []
+    for D in depths:
+        res = paired(table, name, f"deep {D}", f"flat {2 ** D}", "log_lik")
+        if res is None or not np.all(np.isfinite(res[0])):
+            continue
+        (m, lo, hi), k = res
+        half = (hi - lo) / 2
+        ts.append(m / (half / stats.t.ppf(0.975, k - 1)) if half > 0 else 0.0)
+    grown = models.get("grown (<= 16 leaves)")
+    leaves = float(np.median([int(x) for x in grown["n_leaves"] if x != ""])) if grown else np.nan
+    any_model = next(iter(models.values()))
+    return {"task": task, "n": int(any_model["n_train"][0]), "d": load(name)[0].shape[1], "nonlinearity": nonlin,
+            "mixing": mixing, "depth_t": float(np.mean(ts)) if ts else np.nan, "grown_leaves": leaves}
+
+
+def predictors_section(table, sets, depths) -> list[str]:
+    """Markdown lines: one row of :func:`set_features` per set and the rank correlations of the deep - flat effect
+    with each candidate predictor (descriptive: one point per set)."""
+    from scipy import stats
+
+    feats = {name: set_features(table, name, depths) for name in sets}
+    out = ["## What predicts whether depth pays", "",
+           "Per set: training rows n, inputs d, nonlinearity (regression: the share of the linear model's held-out "
+           "MSE that the best nonlinear baseline removes; classification: the best nonlinear baseline's log-density "
+           "minus logistic regression's), mixing gain (the best HME's mean held-out log-density minus the best "
+           "baseline's, nats per row), the deep − flat effect (paired log-density difference over its standard "
+           "error, averaged over D; |t| < 2 is noise) and the median number of leaves the grown tree kept.", "",
+           "| set | task | n | d | nonlinearity | mixing gain | deep − flat (t) | grown leaves |",
+           "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x, spec: "–" if not np.isfinite(x) else format(x, spec)
+    for name, f in feats.items():
+        out.append(f"| {name} | {f['task'][:5]}. | {f['n']} | {f['d']} | {fmt(f['nonlinearity'], '.3f')} | "
+                   f"{fmt(f['mixing'], '+.3f')} | {fmt(f['depth_t'], '+.2f')} | {fmt(f['grown_leaves'], '.0f')} |")
+    out += ["", "Spearman rank correlation of the deep − flat effect (t) with each candidate, over the sets with "
+            "both (regression and classification together; nonlinearity per task):", "",
+            "| predictor | sets | Spearman ρ | p-value |", "|---|---|---|---|"]
+    t = np.array([f["depth_t"] for f in feats.values()])
+    for key, label, tasks in [("n", "training rows n", None), ("d", "inputs d", None),
+                              ("mixing", "mixing gain", None),
+                              ("nonlinearity", "nonlinearity (regression)", "regression"),
+                              ("nonlinearity", "nonlinearity (classification)", "classification")]:
+        x = np.array([f[key] for f in feats.values()], float)
+        keep = np.isfinite(x) & np.isfinite(t)
+        if tasks is not None:
+            keep &= np.array([f["task"] == tasks for f in feats.values()])
+        if keep.sum() < 4:
+            out.append(f"| {label} | {int(keep.sum())} | – | – |")
+            continue
+        rho, pval = stats.spearmanr(x[keep], t[keep])
+        out.append(f"| {label} | {int(keep.sum())} | {rho:+.2f} | {pval:.2f} |")
+    strong = [name for name, f in feats.items() if np.isfinite(f["depth_t"]) and abs(f["depth_t"]) >= 2]
+    out += ["", f"Sets where the averaged deep − flat effect reaches |t| ≥ 2: {', '.join(strong) or 'none'}.", ""]
+    return out
 
 
 def main(argv=None) -> int:
