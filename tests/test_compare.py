@@ -80,13 +80,47 @@ def test_classification_scores_match_sklearn_log_loss():
     assert s["accuracy"] == pytest.approx(np.mean(model.predict(X[150:]) == y[150:]))
 
 
-def test_deep_vs_flat_quick_mode_writes_every_row_and_the_report(tmp_path):
-    """The CI run of benchmarks/deep_vs_flat.py --quick: every set x split x model measured once, finite scores,
-    and a report whose paired rows agree with a direct computation from the CSV."""
+def _deep_vs_flat():
+    """benchmarks/deep_vs_flat.py as a module."""
     path = Path(__file__).parent.parent / "benchmarks" / "deep_vs_flat.py"
     spec = importlib.util.spec_from_file_location("deep_vs_flat", path)
     dvf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dvf)
+    return dvf
+
+
+def test_deep_vs_flat_predictors_of_depth_match_a_direct_computation(rng):
+    """The report's per-set features from hand-made rows: nonlinearity 1 - best nonlinear MSE / linear MSE, mixing
+    gain = best HME log-density - best baseline's, and the deep - flat t = mean / sqrt((1/k + n_test/n_train) s²)
+    (the corrected resampled t of Nadeau & Bengio), computed here directly."""
+    dvf = _deep_vs_flat()
+    k, n_train, n_test = 6, 84, 28
+    err = {"linear": 2.0, "tree": 1.5, "deep 2": 1.2, "flat 4": 1.3}
+    base_ll = {"linear": -1.0, "tree": -0.9, "deep 2": -0.5, "flat 4": -0.6}
+    kind = {"linear": "baseline", "tree": "baseline", "deep 2": "deep", "flat 4": "flat"}
+    noise = {m: rng.normal(0, 0.05, k) for m in err}
+    rows = [{"set": "tonedata", "task": "regression", "split": str(j), "model": m, "kind": kind[m],
+             "n_leaves": "4" if kind[m] != "baseline" else "", "n_parameters": "", "n_train": str(n_train),
+             "n_test": str(n_test), "error": str(err[m] * (1 + noise[m][j])), "log_lik": str(base_ll[m] + noise[m][j]),
+             "coverage": "0.9", "seconds": "1"} for m in err for j in range(k)]
+    f = dvf.set_features(dvf._table(rows), "tonedata", [2])
+    mean_err = {m: np.mean(err[m] * (1 + noise[m])) for m in err}
+    mean_ll = {m: np.mean(base_ll[m] + noise[m]) for m in err}
+    assert f["nonlinearity"] == pytest.approx(1 - mean_err["tree"] / mean_err["linear"], rel=1e-12)
+    assert f["mixing"] == pytest.approx(max(mean_ll["deep 2"], mean_ll["flat 4"]) - mean_ll["tree"], rel=1e-12)
+    d = (base_ll["deep 2"] + noise["deep 2"]) - (base_ll["flat 4"] + noise["flat 4"])
+    t = d.mean() / np.sqrt((1 / k + n_test / n_train) * d.var(ddof=1))
+    assert f["depth_t"] == pytest.approx(t, rel=1e-9)
+    assert (f["n"], f["d"], f["grown_leaves"] != f["grown_leaves"]) == (n_train, 1, True)  # no grown tree: NaN
+    section = "\n".join(dvf.predictors_section(dvf._table(rows), ["tonedata"], [2]))
+    row = f"| tonedata | regre. | {n_train} | 1 | {f['nonlinearity']:.3f} | {f['mixing']:+.3f} | {t:+.2f} | – |"
+    assert row in section
+
+
+def test_deep_vs_flat_quick_mode_writes_every_row_and_the_report(tmp_path):
+    """The CI run of benchmarks/deep_vs_flat.py --quick: every set x split x model measured once, finite scores,
+    and a report whose paired rows agree with a direct computation from the CSV."""
+    dvf = _deep_vs_flat()
     assert dvf.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     with open(tmp_path / "deep_vs_flat_quick.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
