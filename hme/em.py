@@ -414,7 +414,8 @@ def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     """From a fit's ``params`` (raw inputs): :data:`RESEED_STARTS` re-seeded starts (:func:`reseeded_starts`) each
     run :data:`RESEED_ITER` EM iterations on all rows (the experts are fitted already: a rearrangement or a key
     that finds its ramp shows at once), and the best of them (healthy first) runs EM to convergence. Returns that
-    run as a one-restart result."""
+    run as a one-restart result, or one with objective -inf (nothing better) when no gate re-draws keys and the
+    identity arrangement (start 0) wins the short runs."""
     data, x_mean = center_inputs(spec, X, y, w)
     starts = reseeded_starts(spec, cfg, center_params(spec, params, x_mean, +1.0), data, opts, key, RESEED_STARTS)
 
@@ -432,7 +433,23 @@ def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     top = jnp.max(rank)
     first = jnp.argmax(rank >= top - reseed_tie(top))
     best = jax.tree_util.tree_map(lambda a: a[first][None], ran)
-    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(best)
+    full = lambda b: jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(b)
+    if any(fam.reseeds for fam, _ in _gates.gate_groups(spec)):
+        traces = full(best)
+    else:
+        # Without keys to re-draw, start 0 (the identity arrangement) is the fit itself refitted to its own
+        # posteriors: when it wins, no rearrangement beat continuing EM, and its full run would only extend the
+        # fit (up to max_iter more iterations when the fit stopped unconverged). Skip it: -inf never replaces.
+        def nothing_better(b):
+            shapes = jax.eval_shape(full, b)
+            fill = lambda s, v: jnp.full(s.shape, v, s.dtype)
+            return shapes._replace(
+                params=b, objective=fill(shapes.objective, -jnp.inf),
+                mean_log_likelihood=fill(shapes.mean_log_likelihood, jnp.nan),
+                history=fill(shapes.history, jnp.nan), n_iter=fill(shapes.n_iter, 0),
+                converged=fill(shapes.converged, False), failed=fill(shapes.failed, True))
+
+        traces = jax.lax.cond(first == 0, nothing_better, full, best)
     return best_of(spec, traces, data, opts, x_mean)
 
 

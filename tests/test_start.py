@@ -185,17 +185,23 @@ def test_reseeding_laplace_keys_leaves_a_misplaced_ramp(rng):
     assert np.all(np.diff(h) >= -1e-9 * np.abs(h[1:]))
 
 
-def test_reseeding_rearranges_experts_on_the_wrong_leaves(rng):
-    """A depth-2 softmax tree over four intervals of x; the trap has the true gates and experts, but the experts of
-    the second and third interval swapped between the subtrees (siblings that should be cousins). EM from it stays
-    far below the truth; the re-seeded runs (leaf posteriors rearranged) reach the truth's log-likelihood."""
+def _four_intervals(n, rng):
+    """A depth-2 softmax tree over four intervals of x (one linear expert each) and n rows drawn from it."""
     spec = hme.make_spec(1, depth=2, gate="softmax")
     s = 20.0
     gates = hme.GateParams(np.array([[0.0, -0.5 * s], [0.0, -0.25 * s], [0.0, -0.75 * s]]),
                            np.array([[[0.0], [s]]] * 3))
     intercept, coef = np.array([[1.0], [-1.0], [2.0], [0.0]]), np.array([[[2.0]], [[3.0]], [[-2.0]], [[1.0]]])
     truth = hme.HMEParams(gates, hme.ExpertParams(intercept, coef, np.full((4, 1, 1), 0.04)))
-    X, y = sample(spec, truth, 20_000, rng)
+    return spec, truth, *sample(spec, truth, n, rng)
+
+
+def test_reseeding_rearranges_experts_on_the_wrong_leaves(rng):
+    """A depth-2 softmax tree over four intervals of x; the trap has the true gates and experts, but the experts of
+    the second and third interval swapped between the subtrees (siblings that should be cousins). EM from it stays
+    far below the truth; the re-seeded runs (leaf posteriors rearranged) reach the truth's log-likelihood."""
+    spec, truth, X, y = _four_intervals(20_000, rng)
+    intercept, coef = np.asarray(truth.experts.intercept), np.asarray(truth.experts.coef)
     lt = total_log_likelihood(spec, truth, X, y)
     swap = [0, 2, 1, 3]
     trap = truth._replace(experts=hme.ExpertParams(intercept[swap], coef[swap], truth.experts.cov))
@@ -203,3 +209,18 @@ def test_reseeding_rearranges_experts_on_the_wrong_leaves(rng):
     assert total_log_likelihood(spec, hme.fit_em(spec, X, y, reseed=False, **fit).params, X, y) - lt < -100.0
     freed = hme.fit_em(spec, X, y, reseed=True, **fit)
     assert total_log_likelihood(spec, freed.params, X, y) - lt >= 0.0
+
+
+def test_reseeding_does_not_extend_a_fit_whose_arrangement_is_right(rng):
+    """From the true arrangement with inflated variances, 8 EM iterations stop far from convergence. Re-seeding
+    then finds no arrangement better than the fit's own (start 0, the identity, wins the short runs), so it keeps
+    the fit as EM left it (same objective and iteration count) instead of running that start on for up to
+    ``max_iter`` more iterations (which on digits tripled the time of an unconverged depth-2 classifier)."""
+    spec, truth, X, y = _four_intervals(4_000, rng)
+    start = truth._replace(experts=truth.experts._replace(cov=np.asarray(truth.experts.cov) * 25.0))
+    fit = dict(start_params=start, max_iter=8, tol=0.0, random_state=0)
+    plain = hme.fit_em(spec, X, y, reseed=False, **fit)
+    assert not bool(plain.converged)
+    reseeded = hme.fit_em(spec, X, y, reseed=True, **fit)
+    assert int(reseeded.n_iter) == int(plain.n_iter) == 8
+    assert float(reseeded.objective) == float(plain.objective)
