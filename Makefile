@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/hme/jax
 
 .PHONY: demo test test-fast lint bench notebooks clean
 
@@ -24,12 +23,13 @@ lint: $(STAMP)
 
 # Two workers: the suite is dominated by XLA compilation, which runs on one core per program.
 # The per-test watchdog (pytest-timeout, set in pyproject.toml) fails a hung test with its traceback instead
-# of blocking CI. No persistent compilation cache (CI starts cold anyway).
+# of blocking CI. The workers share hme's persistent compilation cache (on by default, ~/.cache/hme/jax; see
+# hme.compile_cache), so a program compiled by one is loaded by the other and by later runs.
 # Nothing is rerun: a crash or a hang is a bug to root-cause. (The compile segfault that hit about one run in
 # two was the JIT exhausting vm.max_map_count; hme.code_space guards against it, see the README.)
 test: $(STAMP)
-	JAX_COMPILATION_CACHE_DIR= $(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=25
-	JAX_COMPILATION_CACHE_DIR= JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py tests/test_gradient.py -k "float32 or recompile or dtype"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=25
+	JAX_ENABLE_X64=0 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/test_em.py tests/test_estimators.py tests/test_gradient.py -k "float32 or recompile or dtype"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

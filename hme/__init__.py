@@ -48,9 +48,9 @@ _EXPORTS = {
     "HMESelector": "estimators",
     "load": "estimators",
 }
-_SUBMODULES = ("bayes", "cli", "code_space", "datasets", "demo", "describe", "distributed", "em", "estimators",
-               "families", "fitting", "gates", "gradient", "inference", "init", "model", "monitor", "params", "plot",
-               "sharding", "simulate", "sources", "spec", "streaming", "table", "theory", "tree")
+_SUBMODULES = ("bayes", "cli", "code_space", "compile_cache", "datasets", "demo", "describe", "distributed", "em",
+               "estimators", "families", "fitting", "gates", "gradient", "inference", "init", "model", "monitor",
+               "params", "plot", "sharding", "simulate", "sources", "spec", "streaming", "table", "theory", "tree")
 
 __all__ = sorted(_EXPORTS) + ["datasets"]
 

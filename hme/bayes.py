@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_space
+from . import code_space, compile_cache
 from . import gates as _gates
 from .families.linear import linear_predictor
 from .model import log_path_from_gates, make_design
@@ -211,6 +211,7 @@ def run_nuts(spec, X, y, scale, priors, start_params, num_warmup, num_samples, n
              verbose: int = 0):
     """NUTS from ``start_params`` (chains vectorised; numpyro's own warm-up adaptation), run in compiled chunks of
     :data:`NUTS_CHUNK` steps (progress, Ctrl-C). Returns (samples by chain, divergences by chain)."""
+    compile_cache.enable_default()
     code_space.ensure_code_space()
     from numpyro.infer import NUTS, init_to_value
 
@@ -253,6 +254,7 @@ def run_svi(spec, X, y, scale, priors, start_params, steps, learning_rate, num_s
     :data:`SVI_CHUNK` steps (progress, Ctrl-C).
 
     Returns (draws with one leading chain axis, the loss = -ELBO per step)."""
+    compile_cache.enable_default()
     code_space.ensure_code_space()
     import numpyro
     from numpyro.infer import SVI, Trace_ELBO, init_to_value

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_space
+from . import code_space, compile_cache
 from . import gates as tree_gates
 from .model import joint, make_design, prepare_targets
 from .params import ExpertParams, GateParams, HMEParams
@@ -262,6 +262,8 @@ def _information(spec, params, X, y, sample_weight, feature_names, kind, penalty
     """(theta, names, I, J): rows padded to a size bucket with zero weight so that one compiled program
     serves data sets of nearby sizes."""
     from ._linalg import padded_length
+
+    compile_cache.enable_default()
 
     code_space.ensure_code_space()
     X = jnp.asarray(X)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_space
+from . import code_space, compile_cache
 from . import gates as _gates
 from .params import HMEParams
 from .spec import ModelSpec
@@ -120,6 +120,8 @@ def _bucketed(fn):
     def wrapper(spec, params, X, *rest, expert_box=None):
         from ._linalg import padded_length
         from .sharding import padded_rows, place_rows
+
+        compile_cache.enable_default()
 
         code_space.ensure_code_space()
         X = jnp.asarray(X)

@@ -1,4 +1,5 @@
-"""Test configuration in the style of equinox/numpyro: CPU platform, x64 unless disabled, compilation cache."""
+"""Test configuration in the style of equinox/numpyro: CPU platform, x64 unless disabled. The persistent
+compilation cache is hme's default (hme.compile_cache), shared by the workers."""
 
 import os
 
@@ -10,10 +11,6 @@ import pytest  # noqa: E402
 
 # x64 is on unless JAX_ENABLE_X64=0 (make test also runs the float32-default suite that way).
 jax.config.update("jax_enable_x64", os.environ.get("JAX_ENABLE_X64", "1") not in ("0", "false", "False"))
-_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-if _cache:
-    jax.config.update("jax_compilation_cache_dir", _cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 X64 = jax.config.jax_enable_x64
 

@@ -3,6 +3,7 @@
 clear MemoryError when the mappings are held by something else."""
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -75,8 +76,9 @@ rng = np.random.default_rng(0)
 X = rng.normal(size=(200, 1)); y = X[:, 0] + 0.1 * rng.normal(size=200)
 hme.fit_em(hme.make_spec(1, depth=1), X, y, max_iter=3)
 held = []
-for _ in range(3):  # hold mappings (shared anonymous pages never merge) until 200 are left
-    held.extend(mmap.mmap(-1, 4096) for _ in range(max(cs.map_limit() - cs.map_count() - 200, 0)))
+free = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+for _ in range(3):  # hold mappings (shared anonymous pages never merge) until `free` are left
+    held.extend(mmap.mmap(-1, 4096) for _ in range(max(cs.map_limit() - cs.map_count() - free, 0)))
 if sys.argv[1] == "unguarded":
     cs.ensure_code_space = lambda *a, **k: None
 print("FILLED", cs.map_limit() - cs.map_count(), flush=True)
@@ -89,11 +91,15 @@ except MemoryError as e:
 
 
 @linux_only
-@pytest.mark.parametrize("mode", ["guarded", "unguarded"])
-def test_a_process_out_of_mappings_gets_a_clear_error_not_a_crash(mode):
+@pytest.mark.parametrize("mode,cache", [("guarded", False), ("guarded", True), ("unguarded", False)])
+def test_a_process_out_of_mappings_gets_a_clear_error_not_a_crash(mode, cache, tmp_path):
+    # With the persistent cache on, a compiled program is also serialised (more mappings) before it runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HME_COMPILATION", "JAX_COMPILATION"))}
+    env.update(HME_COMPILATION_CACHE=str(tmp_path / "cache") if cache else "0",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     # No preexec_fn: it runs os.fork's at-fork hooks in this multithreaded JAX process (a RuntimeWarning, an error
     # here).
-    out = subprocess.run([sys.executable, "-c", _FILL, mode], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _FILL, mode], capture_output=True, text=True, timeout=600, env=env)
     assert "FILLED" in out.stdout, out.stdout + out.stderr[-2000:]
     if mode == "guarded":
         assert out.returncode == 0, out.stderr[-2000:]
@@ -101,3 +107,15 @@ def test_a_process_out_of_mappings_gets_a_clear_error_not_a_crash(mode):
     else:  # the control: without the guard, LLVM fails to map the code and the interpreter dies
         assert out.returncode != 0 and "RETURNED" not in out.stdout
         assert "Cannot allocate memory" in out.stderr
+
+
+@linux_only
+def test_the_reserve_covers_a_compile_and_its_write_to_the_persistent_cache(tmp_path):
+    # Unguarded, with exactly RESERVE mappings free: a depth-2 EM program compiles, is serialised into the cache
+    # and runs (with 2,600 free it crashed in JAX's put_executable_and_time).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HME_COMPILATION", "JAX_COMPILATION"))}
+    env.update(HME_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    out = subprocess.run([sys.executable, "-c", _FILL, "unguarded", str(code_space.RESERVE)], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0 and "RETURNED" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert any((tmp_path / "cache").glob("*-cache"))

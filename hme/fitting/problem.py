@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import code_space
+from .. import code_space, compile_cache
 from .. import gates as _gates
 from .._linalg import padded_length
 from ..init import INIT_METHODS
@@ -178,6 +178,7 @@ def prepare_fit(
 ) -> Prepared:
     """Validate and pad a fit's input once, for every engine (:func:`hme.fit_em`, :func:`hme.fit_gradient`);
     the arguments mean what they mean there."""
+    compile_cache.enable_default()
     code_space.ensure_code_space()
     if init_params not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}")
