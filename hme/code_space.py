@@ -36,7 +36,7 @@ log = logging.getLogger("hme")
 #: Mappings that must stay free for one more compile and its write to the persistent cache (a depth-2 EM
 #: program needs about 2,000 to compile and crashed while being serialised with 2,600 free).
 RESERVE = 6_000
-#: Clear JAX's caches when fewer than this fraction of the cap is free (at least :data:`RESERVE` x 3).
+#: Clear JAX's caches when fewer than this fraction of the cap is free (at least :data:`RESERVE` x 2).
 HEADROOM_FRACTION = 0.2
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -76,7 +76,7 @@ def ensure_code_space(headroom: int | None = None) -> None:
     """Make sure the next compile has room for its code: clear JAX's caches when the process nears the cap.
 
     headroom : free mappings below which the caches are cleared; default ``max(HEADROOM_FRACTION * cap,
-        3 * RESERVE)``
+        2 * RESERVE)``
 
     Raises
     ------
@@ -91,7 +91,7 @@ def ensure_code_space(headroom: int | None = None) -> None:
     if count is None or limit is None:
         return
     if headroom is None:
-        headroom = max(int(HEADROOM_FRACTION * limit), 3 * RESERVE)
+        headroom = max(int(HEADROOM_FRACTION * limit), 2 * RESERVE)
     if limit - count >= headroom:
         return
     jax.clear_caches()

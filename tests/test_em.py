@@ -229,6 +229,9 @@ def test_integer_weights_equal_duplicated_rows(rng):
 
 
 def test_second_fit_with_same_shapes_does_not_recompile(rng):
+    # Start with the worker's compiled programs dropped, so that hme.code_space never has to clear the caches
+    # between the two fits (a worker late in the suite is near vm.max_map_count) and the count measures reuse.
+    jax.clear_caches()
     spec = hme.make_spec(3, depth=2)
     X, y, _ = _simulate(spec, random_params(spec, rng, gate_scale=2.0), 256, rng)
     hme.fit_em(spec, X, y, max_iter=15, n_init=2)
