@@ -1,11 +1,12 @@
 """What the estimators' default ridges cost in log-likelihood on data simulated from the model.
 
 ``HMERegressor``'s defaults regularise: ``alpha="auto"`` pulls each expert's slopes towards the pooled linear fit
-with the weight of 10 observations, through the conjugate penalty ``½ α tr(Σ_l⁻¹ ΔB_lᵀ ΔB_l)`` whose M-step adds
-``α ΔB_lᵀ ΔB_l`` to the leaf's residual scatter; ``gate_alpha="auto"`` is LogisticRegression's C = 1 ridge on the
-softmax gates. This script fits exactly specified models with the defaults, without the expert ridge, and without
-any ridge, and reports the log-likelihood gap to the parameters that generated the data (the MLE is never below
-them) and how much the fitted noise variances exceed the true ones:
+with the weight of 10 observations measured on the pooled fit's residual variance s², ``½ α ΔB_lᵀ ΔB_l / s²``
+(before 2026-12-07: the conjugate ``½ α tr(Σ_l⁻¹ ΔB_lᵀ ΔB_l)``, whose M-step added ``α ΔB_lᵀ ΔB_l`` to the leaf's
+residual scatter; its figures are quoted in docs/estimators.md); ``gate_alpha="auto"`` is LogisticRegression's
+C = 1 ridge on the softmax gates. This script fits exactly specified models with the defaults, without the expert
+ridge, and without any ridge, and reports the log-likelihood gap to the parameters that generated the data (the
+MLE is never below them) and how much the fitted noise variances exceed the true ones:
 
 * ``flexmix-K4`` -- the K = 4 softmax-gated model of ``bench_flexmix.py`` (2 inputs), simulated in NumPy;
 * ``softmax-d1``, ``softmax-depth2-d3``, ``laplace-d1`` -- random truths of ``hme.simulate.random_truth``.

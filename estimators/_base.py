@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 import hme
 from hme import model as _model
 from hme import sharding
-from hme.fitting import input_variances, record_fit, standardised_gate_ridge
+from hme.fitting import DEFAULT_VAR_FLOOR, input_variances, record_fit, standardised_gate_ridge
 from hme.grow import single_expert_parameters
 from hme.inference import n_free_parameters, standard_errors
 
@@ -180,16 +180,23 @@ class HMEBase(BaseEstimator):
         return self._auto_alpha
 
     def _expert_ridge(self, X, Y, sample_weight, spec):
-        """(α per expert feature, target slopes or None): the ridge ``alpha`` on the standardised scale,
-        α_j = alpha · Var(x_j), pulling towards the pooled fit (``shrink_to="pooled"``; itself fitted with the
-        ridge POOLED_ALPHA, LogisticRegression's default C = 1, so separable classes stay finite) or towards 0."""
-        from hme.pooled import pooled_slopes
+        """(α per expert feature, target slopes or None, noise scale or None): the ridge ``alpha`` on the
+        standardised scale, α_j = alpha · Var(x_j), pulling towards the pooled fit (``shrink_to="pooled"``; itself
+        fitted with the ridge POOLED_ALPHA, LogisticRegression's default C = 1, so separable classes stay finite)
+        or towards 0. Gaussian experts measure it on the pooled fit's residual covariance (``coef_scale``)."""
+        from hme.pooled import pooled_noise_scale, pooled_slopes
 
         strength = self._auto_strength(spec) if isinstance(self.alpha, str) else float(self.alpha)
         var = input_variances(X, sample_weight, spec.expert_features)
-        if self.shrink_to == "zero" or strength == 0:
-            return strength * var, None
-        return strength * var, pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
+        if strength == 0:
+            return 0.0 * var, None, None
+        has_cov = spec.expert_family.has_cov
+        if self.shrink_to == "zero" and not has_cov:
+            return strength * var, None, None
+        pooled = pooled_slopes(spec, X, Y, sample_weight, POOLED_ALPHA * var)
+        target = None if self.shrink_to == "zero" else pooled
+        floor = getattr(self, "var_floor", DEFAULT_VAR_FLOOR)
+        return strength * var, target, pooled_noise_scale(spec, X, Y, sample_weight, pooled, floor)
 
     def _gate_ridge(self, X, sample_weight, spec):
         """``gate_alpha`` for the core: a number as given, or "auto": γ·[1, Var(x_1), ...] for softmax gates (a
@@ -201,9 +208,10 @@ class HMEBase(BaseEstimator):
     def _engine_options(self, X, Y, sample_weight, spec, var_floor, start):
         """The core's keyword arguments for ``spec``: the ridges translated to it (``alpha`` on the standardised
         scale, towards the pooled fit; the gates' ridge) and the fitting options."""
-        alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
+        alpha, target, scale = self._expert_ridge(X, Y, sample_weight, spec)
         gate_alpha = self._gate_ridge(X, sample_weight, spec)
         return dict(sample_weight=sample_weight, init_params=self.init_params, start_params=start, coef_target=target,
+                    coef_scale=scale,
                     n_init=1 if start is not None else self.n_init, n_candidates=self.n_candidates,
                     max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
                     verbose=int(bool(self.verbose)))
@@ -233,7 +241,7 @@ class HMEBase(BaseEstimator):
 
         base = self._engine_options(X, Y, sample_weight, template, var_floor, None)
         local = {k: base[k] for k in ("n_candidates", "max_iter", "tol", "alpha", "gate_alpha", "var_floor",
-                                      "coef_target")}
+                                      "coef_target", "coef_scale")}
         local.update(random_state=seed, gate_solver=self.gate_solver)
         rows = np.arange(X.shape[0])
         validation = None
@@ -272,13 +280,14 @@ class HMEBase(BaseEstimator):
             warm = self.warm_start and hasattr(self, "params_") and getattr(self, "_spec", None) == spec
             options = self._engine_options(X, Y, sample_weight, spec, var_floor, self._params_jax() if warm else None)
             res = self._run_engine(spec, X, Y, seed, **options)
-        alpha, target = self._expert_ridge(X, Y, sample_weight, spec)
+        alpha, target, scale = self._expert_ridge(X, Y, sample_weight, spec)
         gate_alpha = self._gate_ridge(X, sample_weight, spec)
         self.expert_coef_target_ = None if target is None else target.astype(X.dtype)
+        self.expert_coef_scale_ = None if scale is None else scale.astype(X.dtype)
         # the penalty the fit maximised against, for summary()'s curvature (as hme.fitting.prepare_fit builds it)
         a = np.asarray(alpha, np.float64)
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
-                             gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
+                             gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target, coef_scale=scale)
         with self._scope(X.dtype):
             record = record_fit(spec, res, X, Y, sample_weight)
         self._spec = spec
@@ -477,7 +486,7 @@ class HMEBase(BaseEstimator):
         opts = None
         if pen is not None:
             opts = hme.FitOptions(tol=0.0, alpha=pen["alpha"], gate_alpha=pen["gate_alpha"], var_floor=np.ones(1),
-                                  coef_target=pen["coef_target"])
+                                  coef_target=pen["coef_target"], coef_scale=pen.get("coef_scale"))
         with self._scope(X.dtype):
             res = standard_errors(self._spec, self._params_jax(), X, yc, sample_weight, kind=se,
                                   feature_names=getattr(self, "feature_names_in_", None), penalty_opts=opts)

@@ -14,6 +14,7 @@ import hme
 from hme import sources, streaming
 from hme.fitting import degeneracy
 from hme.inference import canonicalize
+from hme.pooled import noise_scale_from_moments
 
 from ._base import AUTO_GATE_ALPHA, POOLED_ALPHA, precision_scope
 
@@ -39,15 +40,23 @@ class StreamingMixin:
                              shared_covariance=self.shared_covariance,
                              shared_coef=self._resolve_features(self.shared_coef, "shared_coef"))
 
-    def _stream_ridges(self, spec, variances, pooled):
-        """(alpha per feature, target or None, gate_alpha) from the inputs' variances ``variances`` (p,) and a
-        pooled fit ``pooled(alpha) -> (p, k)``: the in-memory fit's translation of ``alpha``/``gate_alpha``."""
-        var = np.where(variances > 0, variances, 1.0)
+    def _stream_ridges(self, spec, comoment, total):
+        """(alpha per feature, target or None, noise scale or None, gate_alpha) from the centred co-moment matrix
+        of [x, y] summed over rows of total weight ``total``: the in-memory fit's translation of
+        ``alpha``/``gate_alpha`` (:meth:`HMEBase._expert_ridge`)."""
+        p = spec.n_features
+        com = np.asarray(comoment, np.float64) / total
+        var = np.diagonal(com)[:p]
+        var = np.where(var > 0, var, 1.0)
         strength = self._auto_alpha if isinstance(self.alpha, str) else float(self.alpha)
-        target = None if (self.shrink_to == "zero" or strength == 0) else pooled(POOLED_ALPHA * var)
         gate_alpha = (AUTO_GATE_ALPHA * np.concatenate([[1.0], var]) if isinstance(self.gate_alpha, str)
                       else float(self.gate_alpha))
-        return strength * var, target, gate_alpha
+        if strength == 0:
+            return 0.0 * var, None, None, gate_alpha
+        pooled = np.linalg.lstsq(total * com[:p, :p] + np.diag(POOLED_ALPHA * var), total * com[:p, p:],
+                                 rcond=None)[0]
+        target = None if self.shrink_to == "zero" else pooled
+        return strength * var, target, noise_scale_from_moments(com, p, pooled, self.var_floor), gate_alpha
 
     def _fit_streamed(self, X, y, sample_weight):
         """EM over the data in chunks of ``chunk_size`` rows (:func:`hme.streaming.fit_em_streaming`)."""
@@ -65,13 +74,14 @@ class StreamingMixin:
         with precision_scope(dtype):
             scan = streaming.scan(source, chunk_size=chunk, dtype=dtype, random_state=seed)
             p = source.n_features
-            alpha, target, gate_alpha = self._stream_ridges(spec, scan.variances()[:p], scan.pooled_slopes)
+            alpha, target, scale, gate_alpha = self._stream_ridges(spec, scan.comoment, scan.total)
             res = streaming.fit_em_streaming(
                 spec, source, chunk_size=chunk, dtype=dtype, n_init=self.n_init, n_candidates=self.n_candidates,
                 random_state=seed, max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha,
-                var_floor=self.var_floor, coef_target=target, scan_result=scan,
+                var_floor=self.var_floor, coef_target=target, coef_scale=scale, scan_result=scan,
                 verbose=self.verbose or None)
-        self._store_streamed(spec, res.params, scan.x_min, scan.x_max, scan.x_mean, alpha, gate_alpha, target, dtype)
+        self._store_streamed(spec, res.params, scan.x_min, scan.x_max, scan.x_mean, alpha, gate_alpha, target, scale,
+                             dtype)
         floor = self.var_floor * np.where(scan.variances()[p:] > 0, scan.variances()[p:], 1.0)
         self._store_diagnostics(res.n_iter, res.converged, res.failed, res.history, res.log_likelihood,
                                 res.leaf_mass * scan.n_positive / scan.total, floor)
@@ -95,7 +105,7 @@ class StreamingMixin:
         self.restart_leaf_counts_, self.restart_collapsed_ = counts[None], collapsed[None]
         self.restart_degenerate_ = [degeneracy(counts, collapsed)]
 
-    def _store_streamed(self, spec, params, x_min, x_max, x_ref, alpha, gate_alpha, target, dtype):
+    def _store_streamed(self, spec, params, x_min, x_max, x_ref, alpha, gate_alpha, target, scale, dtype):
         """Parameters (canonical leaf order) and the attributes prediction reads. Each expert's input box is the
         whole training range: a streamed fit keeps no per-row posteriors to narrow it."""
         with precision_scope(dtype):
@@ -107,9 +117,10 @@ class StreamingMixin:
         self.expert_input_min_ = np.broadcast_to(self.x_min_, (L, x_min.shape[0])).copy()
         self.expert_input_max_ = np.broadcast_to(self.x_max_, (L, x_max.shape[0])).copy()
         self.expert_coef_target_ = None if target is None else np.asarray(target, dtype)
+        self.expert_coef_scale_ = None if scale is None else np.asarray(scale, dtype)
         a = np.asarray(alpha, np.float64)
         self._penalty = dict(alpha=a if a.ndim == 0 else np.concatenate([[0.0], a]),
-                             gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target)
+                             gate_alpha=np.asarray(gate_alpha, np.float64), coef_target=target, coef_scale=scale)
 
     def partial_fit(self, X, y, sample_weight=None):
         """Online EM on one batch (:class:`hme.streaming.OnlineEM`): the first call fits the batch by EM (with
@@ -134,30 +145,27 @@ class StreamingMixin:
                 spec = self._stream_spec(X.shape[1], Y.shape[1])
                 streaming.check_streamable(spec)
                 self._check_min_samples(X.shape[0], spec)
-                w = sample_weight.astype(np.float64) / sample_weight.sum()
+                w = sample_weight.astype(np.float64)
                 Z = np.concatenate([X, Y], 1).astype(np.float64)
-                dz = Z - w @ Z
-                com = (dz * w[:, None]).T @ dz
-                p = X.shape[1]
-                pooled = lambda a: np.linalg.lstsq(com[:p, :p] + np.diag(a), com[:p, p:], rcond=None)[0]
-                alpha, target, gate_alpha = self._stream_ridges(spec, np.diagonal(com)[:p], pooled)
+                dz = Z - w @ Z / w.sum()
+                alpha, target, scale, gate_alpha = self._stream_ridges(spec, (dz * w[:, None]).T @ dz, w.sum())
                 seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
                 self._online = streaming.OnlineEM(
                     spec, step_exponent=self.step_exponent, alpha=alpha, gate_alpha=gate_alpha,
-                    var_floor=self.var_floor, coef_target=target, n_init=self.n_init,
+                    var_floor=self.var_floor, coef_target=target, coef_scale=scale, n_init=self.n_init,
                     n_candidates=self.n_candidates, random_state=seed, max_iter=self.max_iter, tol=self.tol)
                 self._online_range = (X.min(0), X.max(0))
-                self._online_ridges = (alpha, gate_alpha, target)
+                self._online_ridges = (alpha, gate_alpha, target, scale)
             else:
                 if Y.shape[1] != self.n_outputs_:
                     raise ValueError(f"y has {Y.shape[1]} outputs; the first batch had {self.n_outputs_}")
                 lo, hi = self._online_range
                 self._online_range = (np.minimum(lo, X.min(0)), np.maximum(hi, X.max(0)))
             self._online.update(X, Y, sample_weight)
-            alpha, gate_alpha, target = self._online_ridges
+            alpha, gate_alpha, target, scale = self._online_ridges
             lo, hi = self._online_range
             self._store_streamed(self._online.spec, self._online.params, lo, hi, self._online.x_ref,
-                                 alpha, gate_alpha, target, X.dtype)
+                                 alpha, gate_alpha, target, scale, X.dtype)
         online = self._online
         self.n_batches_ = online.n_batches
         self.online_log_likelihoods_ = np.asarray(online.history)

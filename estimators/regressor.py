@@ -63,8 +63,10 @@ class HMERegressor(StreamingMixin, RegressorMixin, HMEBase):
         count them once. Gaussian/Student-t experts with one output, and Poisson experts.
     alpha : float or "auto", default="auto"
         Ridge on the experts' slopes on the standardised input scale, in pseudo-observations: the penalty is
-        ``½ Σ_l Σ_j α Var(x_j) (b_lj - t_j)²`` (Gaussian experts: times Σ_l⁻¹, a conjugate prior), so a leaf
-        needs about α rows of its own before its slopes leave the target ``t``. "auto" is
+        ``½ Σ_l Σ_j α Var(x_j) (b_lj - t_j)² / s²`` with ``s²`` the pooled fit's residual variance
+        (``expert_coef_scale_``; several outputs: ``tr(S⁻¹ ...)`` with its residual covariance; Poisson
+        experts: no ``s²``), so a leaf as noisy as the pooled fit needs about α rows of its own before its slopes
+        leave the target ``t``, and a leaf that fits its rows k times more tightly about α/k. "auto" is
         ``estimators._base.AUTO_ALPHA`` (10).
     shrink_to : {"pooled", "zero"}, default="pooled"
         The ridge's target ``t``: the slopes of one expert fitted to all the data (``expert_coef_target_``; a
@@ -125,6 +127,8 @@ class HMERegressor(StreamingMixin, RegressorMixin, HMEBase):
     n_features_in_, feature_names_in_, n_outputs_
     x_min_, x_max_ : training range of every input (rows with positive weight), used by ``out_of_bounds``
     expert_input_min_, expert_input_max_ : (n_leaves, n_expert_features) range of the rows each expert explains
+    expert_coef_target_, expert_coef_scale_ : the expert ridge's target slopes (p_e, n_outputs) and noise scale
+        (n_outputs, n_outputs) (None when ``alpha=0``, ``shrink_to="zero"`` for the target; not saved by ``save``)
     """
 
     _parameter_constraints = {

@@ -259,6 +259,7 @@ def fit_em(
     gate_alpha: float = DEFAULT_GATE_ALPHA,
     var_floor=None,
     coef_target=None,
+    coef_scale=None,
     gate_solver: str = "newton",
     expert_solver: str = "newton",
     verbose: int = 0,
@@ -288,11 +289,15 @@ def fit_em(
     random_state : int, a ``jax.random`` key, or an array of ``n_init`` keys (one per restart); fixes every
         random choice
     max_iter, tol : at most ``max_iter`` M-steps; stop when |Δ objective| <= tol * max(|objective|, 1)
-    alpha : ridge on expert slopes (Gaussian experts: penalty ``α/2 tr(Σ⁻¹ (B - T)ᵀ(B - T))``), default 1e-6; a
-        scalar, or one value per expert feature (shape (n_expert_features,)), e.g. α·Var(x_j) for a ridge on the
+    alpha : ridge on expert slopes, penalty ``½ Σ_l Σ_j α_j ‖B_lj - T_j‖²`` on the scale of the summed
+        log-likelihood (Gaussian experts: ``½ Σ_l tr(S⁻¹ (B_l - T)ᵀ diag(α) (B_l - T))``), default 1e-6; a scalar,
+        or one value per expert feature (shape (n_expert_features,)), e.g. α·Var(x_j) for a ridge on the
         standardised scale
     coef_target : (n_expert_features, n_expert_outputs) slopes T the ridge pulls every expert towards (default 0),
         e.g. a pooled single-expert fit, so that experts with little data of their own stay near it
+    coef_scale : Gaussian experts only: the fixed noise scale S the ridge is measured in (a positive number, one
+        variance per output or an (n_targets, n_targets) covariance; default 1), e.g. the pooled fit's residual
+        variance, so that ``α`` counts pseudo-observations for a leaf as noisy as that fit
     gate_alpha : ridge on gate coefficients (softmax: slopes and biases; Laplace: biases), default 1e-4; for
         softmax gates also a vector ``[α_bias, α_1, ..., α_p]`` (e.g. γ·[1, Var(x_1), ...] for a ridge on the
         standardised scale)
@@ -326,7 +331,7 @@ def fit_em(
     p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params,
                     start_params=start_params if extra_start is None else extra_start, n_init=n_init,
                     random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
-                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target, coef_scale=coef_scale)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = FitConfig(max_iter=int(max_iter), n_init=int(n_init), init=init_params, gate_solver=gate_solver,
                     expert_solver=expert_solver, user_init=start_params is not None,
@@ -473,6 +478,7 @@ def fit_em_weightings(
     gate_alpha=DEFAULT_GATE_ALPHA,
     var_floor=None,
     coef_target=None,
+    coef_scale=None,
     gate_solver: str = "newton",
 ) -> EMResult:
     """F independent EM fits of one model to the same rows under F sample weightings, ``weights`` (F, n), run
@@ -489,7 +495,7 @@ def fit_em_weightings(
     if not np.all(np.isfinite(W)) or np.any(W < 0) or not np.all(W.sum(axis=1) > 0):
         raise ValueError("every weighting must be finite and non-negative with a positive sum")
     p = prepare_fit(spec, X, y, n_init=n_init, random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
-                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target, coef_scale=coef_scale)
     F = W.shape[0]
     W = jnp.asarray(np.pad(W, ((0, 0), (0, p.X.shape[0] - n))), p.X.dtype)
     keys = jax.vmap(lambda k: jax.random.split(k, int(n_init)))(jax.random.split(p.keys[0], F))

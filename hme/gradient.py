@@ -219,6 +219,7 @@ def fit_gradient(
     gate_alpha: float = DEFAULT_GATE_ALPHA,
     var_floor=None,
     coef_target=None,
+    coef_scale=None,
     verbose: int = 0,
     interruptible: bool = True,
 ) -> EMResult:
@@ -247,7 +248,7 @@ def fit_gradient(
     p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params,
                     start_params=start_params if extra_start is None else extra_start, n_init=n_init,
                     random_state=random_state, max_iter=max_iter, tol=tol, alpha=alpha,
-                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
+                    gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target, coef_scale=coef_scale)
     monitored = _monitor.wanted(spec, p.X.shape[0], verbose, interruptible)
     cfg = GradientConfig(optimizer=optimizer, max_iter=int(max_iter), n_init=int(n_init), init=init_params,
                          batch_size=None if batch_size is None else int(batch_size), learning_rate=learning_rate,

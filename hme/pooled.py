@@ -34,3 +34,39 @@ def pooled_slopes(spec: ModelSpec, X, y, sample_weight, alpha) -> np.ndarray:
     D = np.column_stack([np.ones(n), Xc])
     pen = np.concatenate([[0.0], a])
     return spec.expert_family.pooled_fit(D, y, w, pen, spec.n_targets)[1:]
+
+
+def residual_covariance_from_moments(comoment, p: int, slopes) -> np.ndarray:
+    r"""(k, k) residual covariance of the linear fit with ``slopes`` (p, k), from the centred co-moment matrix
+    ``comoment`` ((p + k, p + k) of [x, y], divided by the total weight): ``C_yy - Bᵀ C_xy - C_yx B + Bᵀ C_xx B``."""
+    c = np.asarray(comoment, np.float64)
+    b = np.asarray(slopes, np.float64).reshape(p, -1)
+    cross = b.T @ c[:p, p:]
+    res = c[p:, p:] - cross - cross.T + b.T @ c[:p, :p] @ b
+    return 0.5 * (res + res.T)
+
+
+def pooled_noise_scale(spec: ModelSpec, X, y, sample_weight, slopes, var_floor: float) -> np.ndarray | None:
+    """The Gaussian experts' ridge scale S (k, k): the residual covariance of the pooled fit with ``slopes``
+    (its least-squares intercept), plus ``var_floor`` times each output's variance, so that S is positive
+    definite when the pooled fit is exact. None for families without a noise covariance."""
+    if not spec.expert_family.has_cov:
+        return None
+    X = np.asarray(X, np.float64)
+    Xe = X if spec.expert_features is None else X[:, list(spec.expert_features)]
+    Y = np.asarray(y, np.float64).reshape(Xe.shape[0], -1)
+    w = np.ones(Xe.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    Z = np.concatenate([Xe, Y], 1)
+    dz = Z - (w @ Z) / w.sum()
+    com = (dz * w[:, None]).T @ dz / w.sum()
+    p = Xe.shape[1]
+    return noise_scale_from_moments(com, p, slopes, var_floor)
+
+
+def noise_scale_from_moments(comoment, p: int, slopes, var_floor: float) -> np.ndarray:
+    """:func:`pooled_noise_scale` from the normalised centred co-moment matrix of [x, y] (streamed fits)."""
+    c = np.asarray(comoment, np.float64)
+    var_y = np.diagonal(c)[p:]
+    floor = var_floor * np.where(var_y > 0, var_y, 1.0)
+    slopes = np.zeros((p, var_y.shape[0])) if slopes is None else slopes
+    return residual_covariance_from_moments(c, p, slopes) + np.diag(floor)

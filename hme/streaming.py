@@ -79,13 +79,6 @@ class Scan(NamedTuple):
         """(p + k,) weighted variances of [x, y]."""
         return np.diagonal(self.comoment) / self.total
 
-    def pooled_slopes(self, alpha) -> np.ndarray:
-        """(p, k) ridge slopes of one linear fit of y on x to every row, ridge ``alpha`` ((p,) or scalar)."""
-        p = self.n_features
-        a = np.broadcast_to(np.asarray(alpha, np.float64), (p,))
-        c = self.comoment
-        return np.linalg.lstsq(c[:p, :p] + np.diag(a), c[:p, p:], rcond=None)[0]
-
 
 #: rows per block of the first pass's float64 arithmetic
 SCAN_BLOCK = 8192
@@ -187,12 +180,12 @@ class StreamResult(NamedTuple):
     chunk_size: int
 
 
-def _options(spec, scan_: Scan, dtype, tol, alpha, gate_alpha, var_floor, coef_target) -> FitOptions:
+def _options(spec, scan_: Scan, dtype, tol, alpha, gate_alpha, var_floor, coef_target, coef_scale) -> FitOptions:
     """The traced options, validated as :func:`hme.fitting.prepare_fit` does, with the variance floor relative to
     every row's variance of y."""
     Xs, ys, ws = scan_.sample
     opts = prepare_fit(spec, Xs, ys, sample_weight=ws, tol=tol, alpha=alpha, gate_alpha=gate_alpha,
-                       var_floor=var_floor, coef_target=coef_target).opts
+                       var_floor=var_floor, coef_target=coef_target, coef_scale=coef_scale).opts
     relative = np.asarray(DEFAULT_VAR_FLOOR if var_floor is None else var_floor, np.float64)
     var_y = scan_.variances()[scan_.n_features:]
     floor = relative * np.where(var_y > 0, var_y, 1.0)
@@ -255,6 +248,7 @@ def fit_em_streaming(
     gate_alpha=DEFAULT_GATE_ALPHA,
     var_floor=None,
     coef_target=None,
+    coef_scale=None,
     scan_result: Scan | None = None,
     verbose: int | None = None,
 ) -> StreamResult:
@@ -271,7 +265,7 @@ def fit_em_streaming(
         rows drawn uniformly (default: one chunk), with ``n_init`` restarts of ``n_candidates`` screened random
         starts each (``init_params``: "random", "kmeans" or "kmeans_xy" clustering as in :func:`hme.fit_em`)
     max_iter, tol : passes and the relative-change stopping rule of :func:`hme.fit_em`
-    alpha, gate_alpha, var_floor, coef_target : the penalties of :func:`hme.fit_em`
+    alpha, gate_alpha, var_floor, coef_target, coef_scale : the penalties of :func:`hme.fit_em`
     scan_result : a :func:`scan` of the same data to reuse (skips the first pass)
     verbose : print one line per pass (objective, change, seconds) to stderr; None (default): for data of at
         least :data:`PROGRESS_ROWS` rows
@@ -294,7 +288,7 @@ def fit_em_streaming(
     if s.n_positive < spec.tree.n_leaves:
         raise ValueError(f"n_samples={s.n_positive} (with positive weight) should be >= the tree's "
                          f"{spec.tree.n_leaves} leaves")
-    opts = _options(spec, s, dtype, tol, alpha, gate_alpha, var_floor, coef_target)
+    opts = _options(spec, s, dtype, tol, alpha, gate_alpha, var_floor, coef_target, coef_scale)
     to_dev = lambda a: jnp.asarray(a, dtype)
     if start_params is None:
         params, start_objective = subsample_start(spec, s, opts, chunk, dtype, n_init=int(n_init),
@@ -340,12 +334,14 @@ class OnlineEM:
     """
 
     def __init__(self, spec: ModelSpec, *, step_exponent: float = STEP_EXPONENT, alpha=DEFAULT_ALPHA,
-                 gate_alpha=DEFAULT_GATE_ALPHA, var_floor=None, coef_target=None, **fit_options):
+                 gate_alpha=DEFAULT_GATE_ALPHA, var_floor=None, coef_target=None, coef_scale=None,
+                 **fit_options):
         check_streamable(spec)
         if not 0.5 < step_exponent <= 1.0:
             raise ValueError(f"step_exponent must lie in (0.5, 1] (stepwise EM's step sizes), got {step_exponent!r}")
         self.spec, self.step_exponent = spec, float(step_exponent)
-        self.penalties = dict(alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target)
+        self.penalties = dict(alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor, coef_target=coef_target,
+                              coef_scale=coef_scale)
         self.fit_options = fit_options
         self.n_batches, self.n_seen = 0, 0.0
         self.history: list[float] = []

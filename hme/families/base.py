@@ -221,8 +221,9 @@ class ExpertFamily:
         """(n, L, C) per-leaf log class probabilities (classification families)."""
         return jnp.log(self.mean(spec, experts, design))
 
-    def penalty(self, spec, experts: ExpertParams, alpha, target=None) -> jax.Array:
-        """The ridge on the slopes, ``½ Σ_l Σ_j α_j ‖θ_lj - T_j‖²`` (intercepts free)."""
+    def penalty(self, spec, experts: ExpertParams, alpha, target=None, scale=None) -> jax.Array:
+        """The ridge on the slopes, ``½ Σ_l Σ_j α_j ‖θ_lj - T_j‖²`` (intercepts free; ``scale`` is the noise scale
+        of families with a covariance, None here)."""
         from .linear import ridge_columns, slope_deviation
 
         dev = slope_deviation(experts.coef, target)

@@ -1,16 +1,21 @@
 r"""Gaussian linear experts: ``y | x, leaf l ~ N(B_lᵀ [1, x], Σ_l)``.
 
-M-step (closed form, all leaves in one batched solve), with ridge α on the slopes (not the intercept) and the
-penalty ``-(α/2) tr(Σ_l⁻¹ B_sᵀ B_s)`` (a conjugate matrix-normal prior), so that
+M-step (closed form, all leaves in one batched solve) with a ridge ``diag(α)`` on the slopes (not the
+intercept) towards ``T`` (``coef_target``, default 0), measured on a *fixed* noise scale ``S`` (``coef_scale``,
+(m, m), default I): the penalty is ``½ Σ_l tr(S⁻¹ (B_l - T)ᵀ diag(α) (B_l - T))``. It is an ECM step: the
+coefficients maximise the penalised likelihood given the current ``Σ_l``, then ``Σ_l`` given them,
 
-.. math::  B_l = (Dᵀ H_l D + α J)^{-1} Dᵀ H_l Y,  \qquad
-           Σ_l = \frac{Σ_t h_{tl} r_{tl} r_{tl}ᵀ + α B_{s}ᵀ B_{s}}{Σ_t h_{tl}}
+.. math::  Dᵀ H_l D B_l + α_J (B_l - T) S^{-1} Σ_l = Dᵀ H_l Y,  \qquad
+           Σ_l = \frac{Σ_t h_{tl} r_{tl} r_{tl}ᵀ}{Σ_t h_{tl}}
 
-(``H_l`` = diag of leaf posteriors times sample weights, ``J`` = diag(0, 1, ..., 1)). With fixed effects
+(``H_l`` = diag of leaf posteriors times sample weights, ``α_J`` = diag(0, α) over the design columns). With one
+output the first is the ridge solve ``(DᵀH_lD + (Σ_l/S) α_J)⁻¹ (DᵀH_lY + (Σ_l/S) α_J T)``: a leaf as noisy as
+``S`` feels ``α`` pseudo-observations of pull, a tighter one fewer. (The conjugate form, the penalty scaled by
+``Σ_l⁻¹``, adds ``α (B_l - T)ᵀ(B_l - T)`` to the leaf's scatter instead, and inflates the variance of every leaf
+whose slopes differ from ``T`` by more than its noise: ``docs/ridge_cost.md``.) With fixed effects
 (``ModelSpec.shared_coef``) the coefficients solve the leaves' equations scaled by ``Σ_l⁻¹`` jointly, shared rows
-tied (:func:`hme.families.linear.tied_solve`), before ``Σ_l`` is updated: an ECM step. ``Σ_l`` is then projected
-onto ``{Σ ⪰ var_floor}`` (eigenvalue clipping: the constrained maximiser), restricted to diagonal or
-spherical forms, or pooled over leaves when shared.
+tied (:func:`hme.families.linear.tied_solve`). ``Σ_l`` is then projected onto ``{Σ ⪰ var_floor}`` (eigenvalue
+clipping: the constrained maximiser), restricted to diagonal or spherical forms, or pooled over leaves when shared.
 """
 
 from __future__ import annotations
@@ -57,16 +62,25 @@ def mean(spec, experts, design):
     return linear_predictor(experts, design)
 
 
-def penalty(spec, experts, alpha, target=None):
-    """``½ Σ_l tr(Σ_l⁻¹ (B_l - T)ᵀ diag(α) (B_l - T))`` over the slopes (T = ``target``, default 0)."""
+def ridge_scale_inverse(opts, m, dtype):
+    """``S⁻¹`` (m, m) of the ridge's noise scale ``opts.coef_scale`` (identity when None)."""
+    scale = getattr(opts, "coef_scale", None)
+    if scale is None:
+        return jnp.eye(m, dtype=dtype)
+    return batched_linalg.inv_psd(jnp.asarray(scale, dtype))
+
+
+def penalty(spec, experts, alpha, target=None, scale=None):
+    """``½ Σ_l tr(S⁻¹ (B_l - T)ᵀ diag(α) (B_l - T))`` over the slopes (T = ``target``, default 0; S = ``scale``
+    (m, m), default I)."""
     slopes = slope_deviation(experts.coef, target)  # (L, p, m)
-    p = slopes.shape[1]
+    p, m = slopes.shape[1], slopes.shape[2]
     if p == 0:
         return jnp.zeros((), experts.intercept.dtype)
     a = ridge_columns(alpha, p + 1, slopes.dtype)[1:]
-    bb = jnp.einsum("lpi,p,lpj->lij", slopes, a, slopes)
-    prec = batched_linalg.inv_psd(experts.cov)
-    return 0.5 * jnp.einsum("lij,lji->", prec, bb)
+    bb = jnp.einsum("lpi,p,lpj->ij", slopes, a, slopes)
+    inv = jnp.eye(m, dtype=slopes.dtype) if scale is None else batched_linalg.inv_psd(jnp.asarray(scale, slopes.dtype))
+    return 0.5 * jnp.sum(inv * bb)
 
 
 def _floor_cov(cov, var_floor, kind):
@@ -118,29 +132,39 @@ def moments_m_step(spec, experts, gram, rhs, yy, mass, opts):
 
 
 def _coefficients(spec, experts, leaf_gram, rhs, opts):
-    """(L, q, m) ridge solutions ``(G_l + P)⁻¹ (rhs_l + P T)`` (shared rows tied for fixed effects)."""
-    q, m = rhs.shape[1], rhs.shape[2]
+    """(L, q, m) coefficients maximising the penalised likelihood given the current ``Σ_l`` (module docstring;
+    shared rows tied for fixed effects)."""
+    L, q, m = rhs.shape
     dtype = rhs.dtype
     pen = ridge_columns(opts.alpha, q, dtype)
-    if opts.coef_target is not None:  # ridge towards T: (G + P) B = Dᵀ H y + P T
-        pull = pen[1:, None] * jnp.asarray(opts.coef_target, dtype)  # (p, m)
-        rhs = rhs + jnp.concatenate([jnp.zeros((1, m), dtype), pull], 0)[None]
+    centre = jnp.zeros((q, m), dtype)
+    if opts.coef_target is not None:
+        centre = centre.at[1:].set(jnp.asarray(opts.coef_target, dtype))
     shared = () if spec is None else spec.shared_rows
-    if shared:  # fixed effects: a CM-step given Σ_l, each leaf's equations in its precision (m = 1)
-        prec = 1.0 / experts.cov[:, 0, 0]
-        return tied_solve(prec[:, None, None] * (leaf_gram + jnp.diag(pen)), prec[:, None, None] * rhs, shared)
-    return solve_psd(leaf_gram + jnp.diag(pen), rhs)  # (L, q, m), one batched solve
+    if m == 1:
+        c = experts.cov[:, 0, 0] * ridge_scale_inverse(opts, 1, dtype)[0, 0]  # Σ_l / S
+        a = leaf_gram + c[:, None, None] * jnp.diag(pen)
+        b = rhs + c[:, None, None] * (pen[:, None] * centre)[None]
+        if shared:  # fixed effects: a CM-step, each leaf's equations in its precision
+            prec = 1.0 / experts.cov[:, 0, 0]
+            return tied_solve(prec[:, None, None] * a, prec[:, None, None] * b, shared)
+        return solve_psd(a, b)  # (L, q, 1), one batched solve
+    # several outputs, the equations times Σ_l⁻¹ (symmetric):
+    # (Σ_l⁻¹ ⊗ G_l + S⁻¹ ⊗ α_J) vec B = vec(rhs Σ_l⁻¹ + α_J T S⁻¹), vec B stacking B's columns
+    prec = batched_linalg.inv_psd(experts.cov)  # (L, m, m)
+    s_inv = ridge_scale_inverse(opts, m, dtype)
+    kron = (jnp.einsum("lij,lab->liajb", prec, leaf_gram)
+            + jnp.einsum("ij,a,ab->iajb", s_inv, pen, jnp.eye(q, dtype=dtype))[None])
+    b = jnp.einsum("laj,lji->lai", rhs, prec) + (pen[:, None] * centre @ s_inv)[None]
+    vec = solve_psd(kron.reshape(L, m * q, m * q), jnp.swapaxes(b, 1, 2).reshape(L, m * q, 1))
+    return jnp.swapaxes(vec.reshape(L, m, q), 1, 2)
 
 
 def _with_covariance(spec, experts, th, scatter, mass, opts):
-    """New coefficients ``th`` and covariances from the residual ``scatter`` (L, m, m) plus the ridge's term,
-    divided by ``mass`` (L,), floored, restricted and (``shared_covariance``) pooled."""
+    """New coefficients ``th`` and covariances from the residual ``scatter`` (L, m, m) divided by ``mass`` (L,),
+    floored, restricted and (``shared_covariance``) pooled."""
     L, q, m = th.shape
-    dtype = th.dtype
-    pen = ridge_columns(opts.alpha, q, dtype)
-    dev = slope_deviation(th[:, 1:, :], opts.coef_target)
-    scatter = scatter + jnp.einsum("lpi,p,lpj->lij", dev, pen[1:], dev)
-    tiny = jnp.finfo(dtype).tiny
+    tiny = jnp.finfo(th.dtype).tiny
     if spec.shared_covariance:
         pooled = jnp.sum(scatter, 0) / jnp.maximum(jnp.sum(mass), tiny)
         cov = jnp.broadcast_to(_floor_cov(pooled, opts.var_floor, spec.covariance_type), (L, m, m))
@@ -203,8 +227,8 @@ class GaussianExpert(ExpertFamily):
     def mean(self, spec, experts, design):
         return mean(spec, experts, design)
 
-    def penalty(self, spec, experts, alpha, target=None):
-        return penalty(spec, experts, alpha, target)
+    def penalty(self, spec, experts, alpha, target=None, scale=None):
+        return penalty(spec, experts, alpha, target, scale)
 
     def m_step(self, spec, experts, design, y, leaf_w, aux, leaf_gram, opts, solver="newton"):
         return m_step(spec, experts, design, y, leaf_w, aux, leaf_gram, opts)

@@ -26,7 +26,8 @@ from .problem import FitData, FitOptions
 def penalty(spec: ModelSpec, params: HMEParams, opts: FitOptions) -> jax.Array:
     """Gate and expert ridges R(θ) (each family's own), on the scale of the summed log-likelihood."""
     gate_pen = _gates.penalty(spec, params.gates, opts.gate_alpha)
-    return gate_pen + spec.expert_family.penalty(spec, params.experts, opts.alpha, opts.coef_target)
+    return gate_pen + spec.expert_family.penalty(spec, params.experts, opts.alpha, opts.coef_target,
+                                                 opts.coef_scale)
 
 
 def _input_log_lik(spec: ModelSpec, params: HMEParams, design: Design, w: jax.Array) -> jax.Array:

@@ -41,6 +41,7 @@ class FitOptions(NamedTuple):
     gate_alpha: jax.Array
     var_floor: jax.Array  # (n_outputs,), absolute (prepare_fit scales the relative floor by each output's variance)
     coef_target: jax.Array | None = None  # (p_e, k): the expert slopes the ridge pulls towards (default 0)
+    coef_scale: jax.Array | None = None  # (m, m): Gaussian experts' ridge is ½ tr(S⁻¹ ΔBᵀ diag(α) ΔB) (default I)
 
 
 class FitData(NamedTuple):
@@ -80,6 +81,24 @@ def check_finite(name: str, a) -> None:
     """A ValueError naming ``name`` when ``a`` holds NaN or infinity."""
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or infinity")
+
+
+def _coef_scale(spec: ModelSpec, coef_scale) -> np.ndarray | None:
+    """``coef_scale`` (a positive number, (m,) variances or an (m, m) covariance) as an (m, m) float64 matrix."""
+    if coef_scale is None:
+        return None
+    if not spec.expert_family.has_cov:
+        raise ValueError(f"coef_scale is the noise scale of Gaussian experts' ridge; {spec.expert!r} experts have none")
+    m = spec.n_targets
+    s = np.asarray(coef_scale, np.float64)
+    if s.ndim < 2:
+        s = np.diag(np.broadcast_to(s, (m,))) if s.ndim == 0 or s.shape == (m,) else s
+    if s.shape != (m, m) or not np.all(np.isfinite(s)) or not np.allclose(s, s.T):
+        raise ValueError(f"coef_scale must be a positive number, {m} variances or a symmetric ({m}, {m}) matrix, "
+                         f"got shape {np.shape(coef_scale)}")
+    if not np.linalg.eigvalsh(s).min() > 0:
+        raise ValueError("coef_scale must be positive definite")
+    return s
 
 
 def _ridges(spec: ModelSpec, alpha, gate_alpha, coef_target):
@@ -175,6 +194,7 @@ def prepare_fit(
     gate_alpha=DEFAULT_GATE_ALPHA,
     var_floor=None,
     coef_target=None,
+    coef_scale=None,
 ) -> Prepared:
     """Validate and pad a fit's input once, for every engine (:func:`hme.fit_em`, :func:`hme.fit_gradient`);
     the arguments mean what they mean there."""
@@ -189,12 +209,14 @@ def prepare_fit(
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     alpha, gate_alpha, coef_target = _ridges(spec, alpha, gate_alpha, coef_target)
+    coef_scale = _coef_scale(spec, coef_scale)
     X, y, w = _arrays(spec, X, y, sample_weight)
     dtype = X.dtype
     opts = FitOptions(tol=jnp.asarray(tol, dtype), alpha=jnp.asarray(alpha, dtype),
                       gate_alpha=jnp.asarray(gate_alpha, dtype),
                       var_floor=_absolute_var_floor(spec, var_floor, y, w, dtype),
-                      coef_target=None if coef_target is None else jnp.asarray(coef_target, dtype))
+                      coef_target=None if coef_target is None else jnp.asarray(coef_target, dtype),
+                      coef_scale=None if coef_scale is None else jnp.asarray(coef_scale, dtype))
     keys = _restart_keys(random_state, int(n_init))
     if start_params is not None:
         check_params(spec, start_params)
