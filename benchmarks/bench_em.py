@@ -27,8 +27,13 @@ import time
 
 import numpy as np
 
+#: the last paragraph of docs/performance.md
+SCALING_POINTER = ("Scaling curves (time per iteration with the floor line and peak memory against n, d, leaves and "
+                   "classes): [`scaling.md`](scaling.md), written by `benchmarks/bench_scaling.py`.")
 
-def _matmul_rate(dtype, size=2048, reps=7):
+
+def matmul_rate(dtype, size=2048, reps=7):
+    """GFLOP/s of a compiled square matmul of ``size`` (median of ``reps``): the floor's rate."""
     import jax
 
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
@@ -96,7 +101,7 @@ def _steady_state(spec, X, y, gate_solver, fitted):
     Xc = jnp.asarray(np.pad(X - X.mean(0), ((0, n_pad - n), (0, 0))))
     data = fitting.FitData(
         make_design(spec, Xc),
-        jnp.asarray(np.pad(y, (0, n_pad - n)))[:, None],
+        spec.expert_family.prepare_targets(jnp.asarray(np.pad(y, (0, n_pad - n))), spec.n_targets, dtype),
         jnp.asarray(np.pad(np.ones(n, dtype), (0, n_pad - n))),
     )
     opts = fitting.FitOptions(tol=jnp.asarray(0.0, dtype), alpha=jnp.asarray(1e-6, dtype),
@@ -106,7 +111,10 @@ def _steady_state(spec, X, y, gate_solver, fitted):
     return data, opts, em.FitConfig(gate_solver=gate_solver), params
 
 
-def run_one(n, d, depth, dtype_name, gate_solver, rate):
+def run_one(n, d, depth, dtype_name, gate_solver, rate, classes=0):
+    """One configuration's figures (module docstring); ``classes`` > 0: multinomial experts on labels drawn from
+    a random linear softmax, with the floor ``2·n·d²·leaves·(classes - 1)`` (the per-class Gram blocks that
+    precondition their Newton steps) and no separate statistics timing."""
     import jax
     import jax.numpy as jnp
 
@@ -117,8 +125,12 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     dtype = np.dtype(dtype_name)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d)).astype(dtype)
-    y = (np.sin(2 * X[:, 0]) + X[:, 1] * (X[:, 2 % d] > 0) + 0.1 * rng.normal(size=n)).astype(dtype)
-    spec = hme.make_spec(d, depth=depth)
+    if classes:
+        y = np.argmax(X @ rng.normal(size=(d, classes)) + rng.gumbel(size=(n, classes)), axis=1)
+        spec = hme.make_spec(d, depth=depth, expert="categorical", n_targets=classes)
+    else:
+        y = (np.sin(2 * X[:, 0]) + X[:, 1] * (X[:, 2 % d] > 0) + 0.1 * rng.normal(size=n)).astype(dtype)
+        spec = hme.make_spec(d, depth=depth)
     L = spec.tree.n_leaves
 
     # compile time of the whole fit program (EM alone: the re-seeding stage is timed by fit_cost)
@@ -142,6 +154,11 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     step = jax.jit(lambda p, data: em.em_step(spec, cfg, p, data, opts)[1])
     it = _median_time(step, params, data)
 
+    if classes:
+        floor = 2 * n * d * d * L * (classes - 1) / (rate * 1e9)
+        return dict(n=n, d=d, depth=depth, leaves=L, classes=classes, dtype=dtype_name, gate_solver=gate_solver,
+                    compile_s=compile_s, iter_s=it, stats_gflops=float("nan"), floor_s=floor, ratio=it / floor,
+                    mem_over_X=extra / X.nbytes, extra_mb=extra / 2**20, x_mb=X.nbytes / 2**20)
     # the sufficient statistics alone: leaf Grams (+ gate Hessian Grams for the Newton solver)
     st = jax.jit(lambda p, data: fitting.e_step(spec, p, data, opts))(params, data)
     K = L + (spec.tree.n_gates if gate_solver == "newton" else 0)
@@ -152,7 +169,7 @@ def run_one(n, d, depth, dtype_name, gate_solver, rate):
     stats_gflops = 2 * data.y.shape[0] * q * q * K / t_stats / 1e9
     floor = 2 * n * d * d * L / (rate * 1e9)
     return dict(
-        n=n, d=d, depth=depth, leaves=L, dtype=dtype_name, gate_solver=gate_solver,
+        n=n, d=d, depth=depth, leaves=L, classes=0, dtype=dtype_name, gate_solver=gate_solver,
         compile_s=compile_s, iter_s=it, stats_gflops=stats_gflops, floor_s=floor, ratio=it / floor,
         mem_over_X=extra / X.nbytes, extra_mb=extra / 2**20, x_mb=X.nbytes / 2**20,
     )
@@ -273,6 +290,7 @@ def main():
     ap.add_argument("--fit-cost", type=int, choices=[0, 1], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--classes", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.dtype == "float64":
         os.environ["JAX_ENABLE_X64"] = "1"
@@ -288,12 +306,12 @@ def main():
         print("RESULT " + json.dumps(out))
         return
     if args.one:
-        out = run_one(args.n[0], args.d[0], args.depth[0], args.dtype, args.gate_solver, args.rate)
+        out = run_one(args.n[0], args.d[0], args.depth[0], args.dtype, args.gate_solver, args.rate, args.classes)
         print("RESULT " + json.dumps(out))
         return
     import jax.numpy as jnp
 
-    rate = _matmul_rate(jnp.float32 if args.dtype == "float32" else jnp.float64)
+    rate = matmul_rate(jnp.float32 if args.dtype == "float32" else jnp.float64)
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cores; jax "
         f"{jax.__version__}"
@@ -392,6 +410,8 @@ def write_profile(args, rate):
         "|---|---|---|---|",
         f"| off | {c0['wall_s']:.1f} | {c0['mem_over_X']:.1f} | {c0['objective']:.6f} |",
         f"| on (default) | {c1['wall_s']:.1f} | {c1['mem_over_X']:.1f} | {c1['objective']:.6f} |",
+        "",
+        SCALING_POINTER,
     ]
     text = "\n".join(lines) + "\n"
     print(text)
