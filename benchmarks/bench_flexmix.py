@@ -213,6 +213,10 @@ def _report(r, p, args):
         )
     print(f"\nfirst call ({p['first']['config']}), fresh process: cold cache {p['first']['cpu']:.2f} s CPU, warm "
           f"cache {p['first_warm']['cpu']:.2f} s CPU ({p['first']['cpu'] / p['first_warm']['cpu']:.1f}x less)")
+    for key, label in (("first", "cold"), ("first_warm", "warm")):
+        fp = p[key]
+        print(f"  {label}: import {fp['cpu'] - fp['fit_cpu']:.2f} s + first fit {fp['fit_cpu']:.2f} s CPU; "
+              f"flexmix / first fit alone {rf['cpu'] / fp['fit_cpu']:.1f}x")
     print("targets (issue 16): steady-state CPU ratio >= 100, first-call ratio >= 3, log-likelihood >= flexmix's")
     for f in fits:
         reached = sum(l >= rf["loglik"] - 1.0 for l in f["lls"])

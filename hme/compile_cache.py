@@ -46,7 +46,8 @@ def default_directory() -> Path:
     return Path(base) / "hme" / "jax"
 
 
-def _max_bytes() -> int:
+def max_bytes() -> int:
+    """The size cap in bytes, from ``HME_COMPILATION_CACHE_MAX_MB`` (default 1024 MB)."""
     raw = os.environ.get(ENV_MAX_MB, str(DEFAULT_MAX_MB))
     try:
         mb = float(raw)
@@ -84,7 +85,7 @@ def enable_default() -> str | None:
     choice = os.environ.get(ENV_SWITCH, "").strip()
     if choice.lower() in _OFF:
         return None
-    max_bytes = _max_bytes()
+    cap_bytes = max_bytes()
     try:
         import filelock  # noqa: F401  (JAX's LRU cache locks the directory with it)
     except ImportError:
@@ -100,7 +101,7 @@ def enable_default() -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     if cap == -1:  # JAX's default: unbounded, and then unlocked
-        jax.config.update("jax_compilation_cache_max_size", max_bytes)
+        jax.config.update("jax_compilation_cache_max_size", cap_bytes)
     _directory = str(path)
     return _directory
 
