@@ -93,9 +93,7 @@ def _abstract(leaf) -> tuple:
 
 
 def _local(leaf) -> bool:
-    """Not a tracer, and on at most one device."""
-    if isinstance(leaf, jax.core.Tracer):
-        return False
+    """On at most one device."""
     sharding = getattr(leaf, "sharding", None)
     return sharding is None or len(sharding.device_set) <= 1
 
@@ -167,7 +165,7 @@ def _export(fun: Callable, static: dict, tree, avals: tuple):
     return exported, box["tree"]
 
 
-def _program(fun: Callable, static: dict, tree, avals: tuple):
+def _program(fun: Callable, static: dict, tree, avals: tuple, options: dict):
     """A callable on the flat leaves (loaded or exported), or None to run the ordinary jit."""
     directory = store_directory()
     if directory is None:
@@ -193,17 +191,42 @@ def _program(fun: Callable, static: dict, tree, avals: tuple):
             log.debug("hme: could not store exported program %s (%s)", path, err)
         counts["exported"] += 1
     exported, out_tree = found
-    call = jax.jit(exported.call)
+    call = jax.jit(exported.call, compiler_options=options or None)
     return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
 
 
+#: XLA:CPU's fusion emitters (its default since 2025) compile hme's fitting programs about 1.5-2x slower than the
+#: legacy loop emitters and run their elementwise kernels about 1.3-1.6x faster (``docs/performance.md``). Below
+#: this many row-leaf pairs (padded rows x leaves) per EM iteration the compile is the larger cost by far (the
+#: kernels' extra time is a few milliseconds per iteration), so such programs use the legacy emitters.
+FAST_COMPILE_MAX_ROW_LEAVES = 1 << 17
+
+
+def compiler_options_for(n_rows: int, n_leaves: int) -> dict:
+    """XLA options for a fitting program over ``n_rows`` (padded) rows and ``n_leaves`` leaves: on a CPU, the
+    legacy emitters when ``n_rows * n_leaves <= FAST_COMPILE_MAX_ROW_LEAVES`` (faster to compile), else XLA's
+    defaults."""
+    if jax.default_backend() != "cpu" or n_rows * n_leaves > FAST_COMPILE_MAX_ROW_LEAVES:
+        return {}
+    return {"xla_cpu_use_fusion_emitters": False}
+
+
 def exported_jit(fun: Callable | None = None, *, static_argnames: tuple[str, ...],
-                 eligible: Callable[..., bool] | None = None):
+                 eligible: Callable[..., bool] | None = None, options: Callable[..., dict] | None = None):
     """``jax.jit(fun, static_argnames=...)`` whose programs are also kept on disk across processes (module
-    docstring). ``eligible(**static_args)`` may refuse a configuration (it then always runs the ordinary jit)."""
+    docstring). ``eligible(**static_args)`` may refuse a configuration (it then always runs the ordinary jit);
+    ``options(**all_args)`` may choose XLA compiler options from the arguments' shapes (not called inside another
+    trace, where the program is inlined into the caller's)."""
     if fun is None:
-        return functools.partial(exported_jit, static_argnames=static_argnames, eligible=eligible)
-    jitted = jax.jit(fun, static_argnames=static_argnames)
+        return functools.partial(exported_jit, static_argnames=static_argnames, eligible=eligible, options=options)
+    variants: dict = {}
+
+    def jitted_with(opts: dict):
+        key = tuple(sorted(opts.items()))
+        if key not in variants:
+            variants[key] = jax.jit(fun, static_argnames=static_argnames, compiler_options=opts or None)
+        return variants[key]
+
     signature = inspect.signature(fun)
 
     @functools.wraps(fun)
@@ -211,18 +234,19 @@ def exported_jit(fun: Callable | None = None, *, static_argnames: tuple[str, ...
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         static = {k: v for k, v in bound.arguments.items() if k in static_argnames}
-        if eligible is not None and not eligible(**static):
-            counts["jit"] += 1
-            return jitted(*args, **kwargs)
         dynamic = {k: v for k, v in bound.arguments.items() if k not in static_argnames}
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        if not all(_local(leaf) for leaf in leaves):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):  # inlined into the caller's program
+            return jitted_with({})(*args, **kwargs)
+        opts = options(**bound.arguments) if options is not None else {}
+        jitted = jitted_with(opts)
+        if (eligible is not None and not eligible(**static)) or not all(_local(leaf) for leaf in leaves):
             counts["jit"] += 1
             return jitted(*args, **kwargs)
         avals = tuple(_abstract(leaf) for leaf in leaves)
-        memo_key = (fun, tuple(static.items()), tree, avals)
+        memo_key = (fun, tuple(static.items()), tree, avals, tuple(sorted(opts.items())))
         if memo_key not in _programs:
-            _programs[memo_key] = _program(fun, static, tree, avals)
+            _programs[memo_key] = _program(fun, static, tree, avals, opts)
         program = _programs[memo_key]
         if program is None:
             counts["jit"] += 1
@@ -231,8 +255,9 @@ def exported_jit(fun: Callable | None = None, *, static_argnames: tuple[str, ...
 
     def cache_size() -> int:
         """Programs this function holds: the plain jit's plus the exported ones loaded or built here."""
-        return jitted._cache_size() + sum(1 for k, v in _programs.items() if k[0] is fun and v is not None)
+        held = sum(j._cache_size() for j in variants.values())
+        return held + sum(1 for k, v in _programs.items() if k[0] is fun and v is not None)
 
-    wrapper.lower = jitted.lower
+    wrapper.lower = lambda *a, **kw: jitted_with({}).lower(*a, **kw)
     wrapper._cache_size = cache_size
     return wrapper

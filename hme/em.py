@@ -27,7 +27,7 @@ from . import gates as _gates
 from . import monitor as _monitor
 from ._linalg import weighted_gram
 from ._logit import newton_weights
-from .aot import exported_jit
+from .aot import compiler_options_for, exported_jit
 from .fitting import (
     DEFAULT_ALPHA,
     DEFAULT_GATE_ALPHA,
@@ -224,6 +224,13 @@ def unmonitored(spec: ModelSpec, cfg) -> bool:
     return not cfg.monitor
 
 
+def fit_compiler_options(spec: ModelSpec, X, W=None, **_) -> dict:
+    """XLA options of a fitting program on ``X`` (n, p), or on F weightings ``W`` (F, n) of it
+    (:func:`hme.aot.compiler_options_for`)."""
+    fits = 1 if W is None else W.shape[0]
+    return compiler_options_for(X.shape[0] * fits, spec.tree.n_leaves)
+
+
 def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: FitOptions, start_params) -> HMEParams:
     """(n_init, ...) starting parameters on the centred inputs: ``start_params`` broadcast, or one screened
     start per key (:func:`screened_starts`); with ``cfg.extra_start``, (1 + n_init, ...): ``start_params``
@@ -238,7 +245,7 @@ def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: Fit
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None].astype(b.dtype), b]), p0, screened)
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
 def _fit(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
     starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
@@ -420,7 +427,7 @@ def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts
     return jax.lax.map(lambda kp: one(*kp), (keys, perms))  # one after another: memory of one start
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
 def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     """From a fit's ``params`` (raw inputs): :data:`RESEED_STARTS` re-seeded starts (:func:`reseeded_starts`) each
     run :data:`RESEED_ITER` EM iterations on all rows (the experts are fitted already: a rearrangement or a key
@@ -464,7 +471,7 @@ def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     return best_of(spec, traces, data, opts, x_mean)
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
 def _fit_each_weighting(spec, cfg, X, y, W, keys, opts):
     return jax.vmap(lambda w, k: _fit(spec, cfg, X, y, w, k, opts, None))(W, keys)
 

@@ -112,3 +112,17 @@ def test_monitored_fits_and_fits_inside_a_trace_run_the_plain_jit(rng):
     assert np.all(np.isfinite(np.asarray(res.objective)))
     assert aot.counts["exported"] + aot.counts["loaded"] <= before["exported"] + before["loaded"] + 1
     assert _fit._cache_size() >= 1
+
+
+def test_small_programs_compile_with_the_legacy_emitters_and_fit_the_same_model(rng, monkeypatch):
+    assert aot.compiler_options_for(1024, 4) == {"xla_cpu_use_fusion_emitters": False}
+    assert aot.compiler_options_for(1 << 20, 16) == {}
+    spec = hme.make_spec(2, depth=1, branching=3)
+    X = rng.normal(size=(200, 2))
+    y = np.where(X[:, 0] > 0, 1.0 + 2.0 * X[:, 1], -1.0 - X[:, 1]) + 0.2 * rng.normal(size=200)
+    legacy = hme.fit_em(spec, X, y, max_iter=30, tol=0.0)
+    monkeypatch.setattr(aot, "FAST_COMPILE_MAX_ROW_LEAVES", 0)  # XLA's default emitters for every size
+    default = hme.fit_em(spec, X, y, max_iter=30, tol=0.0)
+    np.testing.assert_allclose(float(legacy.objective), float(default.objective), rtol=1e-9)
+    for u, v in zip(jax.tree_util.tree_leaves(legacy.params), jax.tree_util.tree_leaves(default.params), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-8)
