@@ -30,6 +30,9 @@ import numpy as np
 #: the last paragraph of docs/performance.md
 SCALING_POINTER = ("Scaling curves (time per iteration with the floor line and peak memory against n, d, leaves and "
                    "classes): [`scaling.md`](scaling.md), written by `benchmarks/bench_scaling.py`.")
+COMPILE_POINTER = ("What a first fit pays before computing (compilation with XLA:CPU's fusion or legacy emitters, "
+                   "tracing, and the warm first fit with and without the exported programs of `hme.aot`): "
+                   "[`compile.md`](compile.md), written by `benchmarks/bench_compile.py`.")
 
 
 def matmul_rate(dtype, size=2048, reps=7):
@@ -412,6 +415,8 @@ def write_profile(args, rate):
         f"| on (default) | {c1['wall_s']:.1f} | {c1['mem_over_X']:.1f} | {c1['objective']:.6f} |",
         "",
         SCALING_POINTER,
+        "",
+        COMPILE_POINTER,
     ]
     text = "\n".join(lines) + "\n"
     print(text)

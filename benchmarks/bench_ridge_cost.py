@@ -31,21 +31,6 @@ import numpy as np
 RIDGES = {"defaults": {}, "alpha=0": {"alpha": 0}, "alpha=0, gate_alpha=0": {"alpha": 0, "gate_alpha": 0}}
 
 
-def flexmix_k4(n, rng):
-    """(X, y, truth log-likelihood, typical noise variance) of flexmix's K = 4 model."""
-    x = rng.normal(size=(n, 2))
-    design = np.column_stack([np.ones(n), x])
-    gate = np.array([[0, 0.5, -0.5, 0], [0, 2, 0, -2], [0, 0, 2, -2]])
-    coef = np.array([[2, -2, 0, 4], [1, -1, 0.5, 0], [0, 1, -1, 2]])
-    sd = np.array([0.5, 1, 0.3, 0.8])
-    p = np.exp(design @ gate)
-    p /= p.sum(1, keepdims=True)
-    z = (p.cumsum(1) > rng.random(n)[:, None]).argmax(1)
-    y = (design * coef[:, z].T).sum(1) + rng.normal(size=n) * sd[z]
-    dens = p * np.exp(-0.5 * ((y[:, None] - design @ coef) / sd) ** 2) / (np.sqrt(2 * np.pi) * sd)
-    return x, y, float(np.log(dens.sum(1)).sum()), float(np.exp(p.mean(0) @ np.log(sd**2)))
-
-
 def simulated(name, n, rng):
     """(X, y, truth log-likelihood, typical noise variance) of a random truth of hme.simulate."""
     import hme
@@ -78,7 +63,7 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from hme import HMERegressor
+    from hme import HMERegressor, simulate
 
     settings = [("flexmix-K4", int(n)) for n in args.n.split(",") + [b for b in args.big.split(",") if b]]
     settings += [(name, int(n)) for name in ("softmax-d1", "softmax-depth2-d3", "laplace-d1")
@@ -92,7 +77,8 @@ def main() -> None:
         ratios = {r: [] for r in RIDGES}
         for seed in range(args.seeds):
             rng = np.random.default_rng(1000 * seed + n)
-            X, y, ll_truth, var_truth = flexmix_k4(n, rng) if name == "flexmix-K4" else simulated(name, n, rng)
+            draw = simulate.flexmix_k4 if name == "flexmix-K4" else lambda n, rng, name=name: simulated(name, n, rng)
+            X, y, ll_truth, var_truth = draw(n, rng)
             for ridge, kw in RIDGES.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

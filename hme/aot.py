@@ -10,17 +10,25 @@ that meets the same key deserialises it and runs it, and its compilation is then
 
 The key is a SHA-256 of everything the program depends on: the function, the static arguments (model
 specification and fit configuration, by ``repr``), the argument tree and each leaf's shape, dtype and weak type,
-the JAX and jaxlib versions, ``jax_enable_x64`` and the default matmul precision, the backend's platform and
+the JAX and jaxlib versions, the JAX settings that change what a program computes (:data:`TRACING_CONFIG`:
+``jax_enable_x64``, the default matmul precision, the PRNG implementation, ...), the backend's platform and
 device kind, and the bytes of every source file of the ``hme`` package (an edited hme never runs a stale
 program). A program is run the ordinary way (``jax.jit``, nothing stored) when
 
 * the persistent cache is off (``HME_COMPILATION_CACHE=0``, an unwritable directory: see
   :mod:`hme.compile_cache`, whose switch governs both);
-* it is called inside another trace, with arguments spread over several devices (:mod:`hme.sharding`), or with a
-  configuration that ``eligible`` rejects (e.g. fits that report to the host every iteration: host callbacks
-  cannot be exported);
+* the process has more than one device (an exported program's results are committed to its device, and could
+  then not meet arrays sharded over several, :mod:`hme.sharding`);
+* it is called inside another trace, with arguments on a device other than the default one, or with a
+  configuration that ``eligible`` rejects (:func:`hme.em.exportable`: fits that report to the host every
+  iteration, since host callbacks cannot be exported, and models with a gate or expert family the user
+  registered, whose code the key does not cover);
 * a static argument's ``repr`` is not stable across processes (it shows an object address);
 * exporting fails (a primitive without a stable serialisation): then once per process and key.
+
+Compiler options: programs over at most :data:`FAST_COMPILE_MAX_ROW_LEAVES` row-leaf pairs compile with
+XLA:CPU's legacy loop emitters (:func:`compiler_options_for`), which compile faster; larger ones keep XLA's
+defaults, whose kernels run faster.
 
 Exported programs take about 0.1-1 MB each. The directory is capped at :data:`MAX_FRACTION` of the compilation
 cache's cap (``HME_COMPILATION_CACHE_MAX_MB``); the least recently used files go first. A file that cannot be
@@ -55,6 +63,11 @@ MAX_FRACTION = 0.1
 
 #: what this process did, per outcome ("exported", "loaded", "jit"): for tests and benchmarks
 counts: dict[str, int] = {"exported": 0, "loaded": 0, "jit": 0}
+
+#: JAX settings that change what a traced program computes (dtypes, matmul precision, random bits)
+TRACING_CONFIG = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+                  "jax_threefry_partitionable", "jax_random_seed_offset", "jax_numpy_dtype_promotion",
+                  "jax_numpy_rank_promotion", "jax_enable_custom_prng", "jax_softmax_custom_jvp")
 
 _programs: dict = {}
 _digest: str | None = None
@@ -93,9 +106,9 @@ def _abstract(leaf) -> tuple:
 
 
 def _local(leaf) -> bool:
-    """On at most one device."""
+    """A host value, or an array on the default device alone."""
     sharding = getattr(leaf, "sharding", None)
-    return sharding is None or len(sharding.device_set) <= 1
+    return sharding is None or sharding.device_set == {jax.devices()[0]}
 
 
 def _disk_key(name: str, static: tuple, tree, avals: tuple) -> str | None:
@@ -103,8 +116,8 @@ def _disk_key(name: str, static: tuple, tree, avals: tuple) -> str | None:
     if " at 0x" in text:  # an object's default repr: differs between processes
         return None
     backend = jax.devices()[0]
-    parts = (name, text, str(tree), avals, jax.__version__, jaxlib.__version__,
-             bool(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision), backend.platform,
+    config = tuple((k, str(jax.config.values.get(k))) for k in TRACING_CONFIG)
+    parts = (name, text, str(tree), avals, jax.__version__, jaxlib.__version__, config, backend.platform,
              getattr(backend, "device_kind", ""), source_digest())
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
@@ -168,7 +181,7 @@ def _export(fun: Callable, static: dict, tree, avals: tuple):
 def _program(fun: Callable, static: dict, tree, avals: tuple, options: dict):
     """A callable on the flat leaves (loaded or exported), or None to run the ordinary jit."""
     directory = store_directory()
-    if directory is None:
+    if directory is None or jax.device_count() > 1:  # an exported call commits its results to one device
         return None
     key = _disk_key(f"{fun.__module__}.{fun.__qualname__}", tuple(static.items()), tree, avals)
     if key is None:

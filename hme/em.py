@@ -219,9 +219,12 @@ def screened_starts(spec: ModelSpec, cfg, keys, data: FitData, opts: FitOptions)
     return keep_where(jnp.isfinite(best_obj), best, first)
 
 
-def unmonitored(spec: ModelSpec, cfg) -> bool:
-    """Programs without host callbacks (no progress reports) can be kept on disk (:mod:`hme.aot`)."""
-    return not cfg.monitor
+def exportable(spec: ModelSpec, cfg) -> bool:
+    """Whether a fitting program may be kept on disk (:mod:`hme.aot`): no host callbacks (``cfg.monitor``:
+    progress reports), and only hme's own gate and expert families (a family the user registers can change
+    while hme's source files, which key the stored programs, do not)."""
+    families = [spec.expert_family] + [fam for fam, _ in _gates.gate_groups(spec)]
+    return not cfg.monitor and all(type(f).__module__.startswith("hme.") for f in families)
 
 
 def fit_compiler_options(spec: ModelSpec, X, W=None, **_) -> dict:
@@ -245,7 +248,7 @@ def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: Fit
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None].astype(b.dtype), b]), p0, screened)
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
 def _fit(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
     starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
@@ -427,7 +430,7 @@ def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts
     return jax.lax.map(lambda kp: one(*kp), (keys, perms))  # one after another: memory of one start
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
 def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     """From a fit's ``params`` (raw inputs): :data:`RESEED_STARTS` re-seeded starts (:func:`reseeded_starts`) each
     run :data:`RESEED_ITER` EM iterations on all rows (the experts are fitted already: a rearrangement or a key
@@ -471,7 +474,7 @@ def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
     return best_of(spec, traces, data, opts, x_mean)
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
 def _fit_each_weighting(spec, cfg, X, y, W, keys, opts):
     return jax.vmap(lambda w, k: _fit(spec, cfg, X, y, w, k, opts, None))(W, keys)
 

@@ -30,7 +30,7 @@ import optax
 from . import gates as _gates
 from . import monitor as _monitor
 from .aot import exported_jit
-from .em import DEFAULT_N_CANDIDATES, fit_compiler_options, starting_points, unmonitored
+from .em import DEFAULT_N_CANDIDATES, exportable, fit_compiler_options, starting_points
 from .fitting import (
     DEFAULT_ALPHA,
     DEFAULT_GATE_ALPHA,
@@ -187,7 +187,7 @@ def run_gradient(
                  n_iter=r.n_iter, converged=r.converged, failed=r.failed, n_eval=r.n_evaluations)
 
 
-@exported_jit(static_argnames=("spec", "cfg"), eligible=unmonitored, options=fit_compiler_options)
+@exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
 def _fit_gradient(spec, cfg, X, y, w, keys, opts, start_params):
     data, x_mean = center_inputs(spec, X, y, w)
     starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)

@@ -7,6 +7,9 @@ reach it and the experts' regression planes differ; :func:`sample` draws ``(X, y
 * the leaf ``l ~ π_l(x)`` (the product of the gate probabilities on its path), and
   ``y = a_l + b_lᵀ x + σ_l ε``, ``ε ~ N(0, 1)`` (other families: the expert family's own draws).
 
+:func:`flexmix_k4` draws from one fixed truth: flexmix's K = 4 softmax-gated mixture of linear experts, the
+problem of the flexmix benchmark (``benchmarks/bench_flexmix.py``).
+
 These are the truths of the start studies (``tests/test_start.py``, ``benchmarks/bench_start.py``): a fit can
 never have a lower log-likelihood than the parameters that generated the data, except by stopping at a worse
 stationary point.
@@ -113,3 +116,29 @@ def total_log_likelihood(spec: ModelSpec, params: HMEParams, X: np.ndarray, y: n
 
         ll += float(np.sum(np.asarray(log_marginal(spec, make_design(spec, X).gate, params.gates))))
     return ll
+
+
+#: flexmix's K = 4 model: rows (intercept, x1, x2), one column per expert; the first expert's gate is the reference
+FLEXMIX_K4_GATE = np.array([[0.0, 0.5, -0.5, 0.0], [0.0, 2.0, 0.0, -2.0], [0.0, 0.0, 2.0, -2.0]])
+FLEXMIX_K4_COEF = np.array([[2.0, -2.0, 0.0, 4.0], [1.0, -1.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0]])
+FLEXMIX_K4_SD = np.array([0.5, 1.0, 0.3, 0.8])
+
+
+def flexmix_k4(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
+    r"""Draw from flexmix's K = 4 model: ``x ~ N(0, I_2)``, ``z ~ softmax(Γᵀ[1, x])``,
+    ``y = B_zᵀ[1, x] + σ_z ε`` (:data:`FLEXMIX_K4_GATE` Γ, :data:`FLEXMIX_K4_COEF` B, :data:`FLEXMIX_K4_SD` σ).
+
+    Returns
+    -------
+    X : (n, 2); y : (n,); the true parameters' log-likelihood of the draw, ``Σ_t log p(y_t | x_t)``; and the
+    typical noise variance ``exp(Σ_k π̄_k log σ_k²)`` (π̄ the mean gate shares of the draw).
+    """
+    x = rng.normal(size=(n, 2))
+    design = np.column_stack([np.ones(n), x])
+    p = np.exp(design @ FLEXMIX_K4_GATE)
+    p /= p.sum(1, keepdims=True)
+    z = (p.cumsum(1) > rng.random(n)[:, None]).argmax(1)
+    sd = FLEXMIX_K4_SD
+    y = (design * FLEXMIX_K4_COEF[:, z].T).sum(1) + rng.normal(size=n) * sd[z]
+    dens = p * np.exp(-0.5 * ((y[:, None] - design @ FLEXMIX_K4_COEF) / sd) ** 2) / (np.sqrt(2 * np.pi) * sd)
+    return x, y, float(np.log(dens.sum(1)).sum()), float(np.exp(p.mean(0) @ np.log(sd**2)))

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 
 import hme
-from hme import aot
-from hme.em import FitConfig, _fit, fit_em_weightings
+from hme import aot, families
+from hme.em import FitConfig, _fit, exportable, fit_em_weightings
+from hme.families.gaussian import GaussianExpert
 
 WORKER = r"""
 import json, sys, warnings
@@ -126,3 +127,17 @@ def test_small_programs_compile_with_the_legacy_emitters_and_fit_the_same_model(
     np.testing.assert_allclose(float(legacy.objective), float(default.objective), rtol=1e-9)
     for u, v in zip(jax.tree_util.tree_leaves(legacy.params), jax.tree_util.tree_leaves(default.params), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-8)
+
+
+class _UsersGaussian(GaussianExpert):
+    name = "users_gaussian_for_test_aot"
+
+
+def test_only_hmes_own_families_and_unmonitored_fits_are_stored():
+    assert exportable(hme.make_spec(2, depth=2, gate="laplace"), FitConfig())
+    assert not exportable(hme.make_spec(2, depth=1), FitConfig(monitor=True))
+    families.register_expert(_UsersGaussian())
+    try:  # the user's code can change while hme's source files, which key the store, do not
+        assert not exportable(hme.make_spec(2, depth=1, expert=_UsersGaussian.name), FitConfig())
+    finally:
+        families.unregister_expert(_UsersGaussian.name)

@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 
 import hme
 from hme.pooled import pooled_slopes
+from hme.simulate import flexmix_k4
 
 
 def _std(X):
@@ -187,27 +188,12 @@ def test_coef_scale_is_checked():
                    coef_scale=1.0)
 
 
-def _flexmix_k4(n, rng):
-    """flexmix's K = 4 softmax-gated model (benchmarks/bench_flexmix.py): (X, y, true log-likelihood)."""
-    x = rng.normal(size=(n, 2))
-    design = np.column_stack([np.ones(n), x])
-    gate = np.array([[0, 0.5, -0.5, 0], [0, 2, 0, -2], [0, 0, 2, -2]])
-    coef = np.array([[2, -2, 0, 4], [1, -1, 0.5, 0], [0, 1, -1, 2]])
-    sd = np.array([0.5, 1, 0.3, 0.8])
-    p = np.exp(design @ gate)
-    p /= p.sum(1, keepdims=True)
-    z = (p.cumsum(1) > rng.random(n)[:, None]).argmax(1)
-    y = (design * coef[:, z].T).sum(1) + rng.normal(size=n) * sd[z]
-    dens = p * np.exp(-0.5 * ((y[:, None] - design @ coef) / sd) ** 2) / (np.sqrt(2 * np.pi) * sd)
-    return x, y, float(np.log(dens.sum(1)).sum())
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_default_regressor_reaches_the_true_parameters_log_likelihood(seed):
     """With every default (expert and gate ridges on), a fit to data drawn from an HME of its own shape ends at
     or above the log-likelihood of the parameters that drew them. The conjugate expert ridge (penalty scaled by
     Σ_l⁻¹) ended these fits about 100 nats below it by inflating the tight experts' variances."""
-    X, y, truth = _flexmix_k4(2000, np.random.default_rng(1000 * seed + 2000))
+    X, y, truth, _ = flexmix_k4(2000, np.random.default_rng(1000 * seed + 2000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = hme.HMERegressor(depth=1, branching=4, max_iter=2000, tol=1e-8, random_state=seed).fit(X, y)
