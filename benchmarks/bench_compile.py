@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import jax
 
+    from hme import aot
+
     head = [
         "# First fits: compilation and tracing",
         "",
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
         "`hme.fit_em` with its default start (emEM screening, `reseed=False`), persistent cache off. First fit: "
         "tracing, compiling and fitting; steady: the median of further fits in the same process; one iteration: "
         "an EM step compiled with the same options (median of 7). hme uses the legacy emitters for programs over "
-        "at most `hme.aot.FAST_COMPILE_MAX_ROW_LEAVES` row-leaf pairs.",
+        f"at most `hme.aot.FAST_COMPILE_MAX_ROW_LEAVES` = {aot.FAST_COMPILE_MAX_ROW_LEAVES:,} row-leaf pairs "
+        "(padded rows × leaves).",
         "",
     ]
     body = emitters_table(args.reps)

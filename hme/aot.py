@@ -208,11 +208,12 @@ def _program(fun: Callable, static: dict, tree, avals: tuple, options: dict):
     return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
 
 
-#: XLA:CPU's fusion emitters (its default since 2025) compile hme's fitting programs about 1.5-2x slower than the
-#: legacy loop emitters and run their elementwise kernels about 1.3-1.6x faster (``docs/performance.md``). Below
-#: this many row-leaf pairs (padded rows x leaves) per EM iteration the compile is the larger cost by far (the
-#: kernels' extra time is a few milliseconds per iteration), so such programs use the legacy emitters.
-FAST_COMPILE_MAX_ROW_LEAVES = 1 << 17
+#: XLA:CPU's fusion emitters (its default since 2025) compile hme's fitting programs 1.2-2.2x slower than the
+#: legacy loop emitters, and a whole default fit with them runs up to 1.45x faster (``docs/compile.md``). The
+#: persistent cache pays the compile once per machine, the run is paid at every fit; so only the smallest
+#: programs, at most this many row-leaf pairs (padded rows x leaves), use the legacy emitters: there the compile
+#: saves seconds and the slower run costs tens of milliseconds per fit.
+FAST_COMPILE_MAX_ROW_LEAVES = 1 << 14
 
 
 def compiler_options_for(n_rows: int, n_leaves: int) -> dict:
