@@ -208,8 +208,8 @@ def _program(fun: Callable, static: dict, tree, avals: tuple, options: dict):
     return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
 
 
-#: XLA:CPU's fusion emitters (its default since 2025) compile hme's fitting programs 1.2-2.2x slower than the
-#: legacy loop emitters, and a whole default fit with them runs up to 1.45x faster (``docs/compile.md``). The
+#: XLA:CPU's fusion emitters (its default since 2025) compile hme's fitting programs up to 1.8x slower than the
+#: legacy loop emitters, and a whole default fit with them runs up to 2.2x faster (``docs/compile.md``). The
 #: persistent cache pays the compile once per machine, the run is paid at every fit; so only the smallest
 #: programs, at most this many row-leaf pairs (padded rows x leaves), use the legacy emitters: there the compile
 #: saves seconds and the slower run costs tens of milliseconds per fit.
