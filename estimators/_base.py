@@ -216,25 +216,27 @@ class HMEBase(BaseEstimator):
                     max_iter=self.max_iter, tol=self.tol, alpha=alpha, gate_alpha=gate_alpha, var_floor=var_floor,
                     verbose=int(bool(self.verbose)))
 
-    def _run_engine(self, spec, X, Y, seed, reseed=None, **options):
-        """One fit by the chosen engine; ``reseed`` is EM's re-seeding after the fit (:func:`hme.fit_em`)."""
+    def _run_engine(self, spec, X, Y, seed, reseed=None, layout=None, **options):
+        """One fit by the chosen engine; ``reseed`` is EM's re-seeding after the fit and ``layout`` a capacity
+        tree's structure (:func:`hme.fit_em`)."""
         with self._scope(X.dtype):
             if self.solver == "gradient":
                 return hme.fit_gradient(spec, X, Y, optimizer=self.optimizer, learning_rate=self.learning_rate,
                                         batch_size=self.batch_size, random_state=seed, **options)
-            return hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, random_state=seed, reseed=reseed, **options)
+            return hme.fit_em(spec, X, Y, gate_solver=self.gate_solver, random_state=seed, reseed=reseed,
+                              layout=layout, **options)
 
     def _grow(self, X, Y, sample_weight, template, var_floor, seed):
         """Grow the tree (:func:`hme.grow.grow_tree`); returns (spec, result) and sets ``growth_path_``."""
         from hme.grow import grow_tree
 
         def fit(Xf, Yf, wf):  # no re-seeding: growth's fresh starts play its part (one program less per tree)
-            def run(spec, start, fresh=False):
+            def run(spec, start, fresh=False, layout=None):
                 if not fresh:
-                    return self._run_engine(spec, Xf, Yf, seed, reseed=False,
+                    return self._run_engine(spec, Xf, Yf, seed, reseed=False, layout=layout,
                                             **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
                 # the start as one more restart of the default fit: one program
-                return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start,
+                return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start, layout=layout,
                                         **self._engine_options(Xf, Yf, wf, spec, var_floor, None))
 
             return run
@@ -258,7 +260,8 @@ class HMEBase(BaseEstimator):
             grown = grow_tree(template, X[rows], Y[rows], sample_weight=sample_weight[rows], gate=self.gate,
                               max_leaf_nodes=self.max_leaf_nodes, criterion=self.grow_criterion,
                               validation=validation, prune=self.prune,
-                              fit=fit(X[rows], Y[rows], sample_weight[rows]), local_options=local)
+                              fit=fit(X[rows], Y[rows], sample_weight[rows]), local_options=local,
+                              fixed_capacity=self.solver != "gradient")  # hme.capacity: EM's programs
         self.growth_path_ = [step._asdict() for step in grown.path]
         self.grown_structure_ = grown.structure
         result = grown.result

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import capacity
 from . import gates as _gates
 from . import monitor as _monitor
 from ._linalg import weighted_gram
@@ -125,7 +126,7 @@ def m_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, st
         hessian_gram,
     )
     ex = fam.m_step(spec, params.experts, De, data.y, st.leaf_w, st.aux, leaf_gram, opts, solver=cfg.expert_solver)
-    return HMEParams(gates, ex)
+    return capacity.keep_active(spec, HMEParams(gates, ex), params)
 
 
 def em_step(spec: ModelSpec, cfg: FitConfig, params: HMEParams, data: FitData, opts: FitOptions):
@@ -238,6 +239,8 @@ def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: Fit
     """(n_init, ...) starting parameters on the centred inputs: ``start_params`` broadcast, or one screened
     start per key (:func:`screened_starts`); with ``cfg.extra_start``, (1 + n_init, ...): ``start_params``
     first, then the screened starts."""
+    if cfg.user_init or cfg.extra_start:
+        start_params = capacity.with_absent_neutral(spec, start_params, opts.coef_target)
     if cfg.user_init:
         p0 = center_params(spec, start_params, x_mean, +1.0)
         return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (cfg.n_init,) + a.shape), p0)
@@ -249,11 +252,12 @@ def starting_points(spec: ModelSpec, cfg, data: FitData, x_mean, keys, opts: Fit
 
 
 @exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
-def _fit(spec, cfg, X, y, w, keys, opts, start_params):
-    data, x_mean = center_inputs(spec, X, y, w)
-    starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
-    traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
-    return best_of(spec, traces, data, opts, x_mean)
+def _fit(spec, cfg, X, y, w, keys, opts, start_params, layout=None):
+    with capacity.bind(layout):  # a capacity tree's structure (hme.capacity); None for a TreeSpec
+        data, x_mean = center_inputs(spec, X, y, w)
+        starts = starting_points(spec, cfg, data, x_mean, keys, opts, start_params)
+        traces = jax.vmap(lambda p: run_em(spec, cfg, p, data, opts))(starts)
+        return best_of(spec, traces, data, opts, x_mean)
 
 
 @accepts_mesh
@@ -281,6 +285,7 @@ def fit_em(
     verbose: int = 0,
     interruptible: bool = True,
     reseed: bool | None = None,
+    layout: capacity.Layout | None = None,
 ) -> EMResult:
     r"""Fit an HME by EM.
 
@@ -335,6 +340,9 @@ def fit_em(
         ``jax.sharding.Mesh``; the rows are split over the devices and the statistics all-reduced, with the same
         answer as one device up to rounding. Default: one device (or the enclosing
         :func:`hme.sharding.data_parallel` context).
+    layout : the tree, when ``spec.tree`` is a :class:`hme.capacity.CapacityTree` (:func:`hme.capacity.layout`):
+        every binary tree of up to its capacity fits with one compiled program; parameters and per-leaf records
+        keep the capacity's shapes (the tree's own are the first rows, :func:`hme.capacity.tree_result`)
 
     Returns
     -------
@@ -342,6 +350,8 @@ def fit_em(
     """
     if gate_solver not in GATE_SOLVERS or expert_solver not in GATE_SOLVERS:
         raise ValueError(f"solvers must be one of {GATE_SOLVERS}")
+    if (layout is None) != (not isinstance(spec.tree, capacity.CapacityTree)):
+        raise ValueError("layout= goes with a spec whose tree is a CapacityTree, and such a spec needs one")
     if start_params is not None and extra_start is not None:
         raise ValueError("give start_params (every restart starts there) or extra_start (one more restart), not both")
     p = prepare_fit(spec, X, y, sample_weight=sample_weight, init_params=init_params,
@@ -354,13 +364,13 @@ def fit_em(
                     extra_start=extra_start is not None, monitor=monitored,
                     n_candidates=check_n_candidates(n_candidates))
     def run():
-        res = _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params)
-        if not (reseed if reseed is not None else not cfg.user_init) or not reseeds(spec):
+        res = _fit(spec, cfg, p.X, p.y, p.weight, p.keys, p.opts, p.start_params, layout)
+        if not (reseed if reseed is not None else not cfg.user_init) or not reseeds(spec, layout):
             return res
         one = dataclasses.replace(cfg, monitor=False, n_init=1)
         for round_ in range(RESEED_ROUNDS):  # again from each new winner, until a round finds nothing better
             key = jax.random.fold_in(jax.random.fold_in(p.keys[0], RESEED_STARTS), round_)
-            alt = _reseed_fit(spec, one, p.X, p.y, p.weight, key, p.opts, res.params)
+            alt = _reseed_fit(spec, one, p.X, p.y, p.weight, key, p.opts, res.params, layout)
             margin = float(reseed_tie(res.objective)) if np.isfinite(float(res.objective)) else 0.0
             new = replace_best_run(res, alt, margin=margin)
             if new is res:
@@ -378,10 +388,12 @@ def reseed_tie(objective):
     return jnp.maximum(1e-9, 100 * jnp.finfo(dtype).eps) * jnp.maximum(1.0, jnp.abs(objective))
 
 
-def reseeds(spec: ModelSpec) -> bool:
+def reseeds(spec: ModelSpec, layout: capacity.Layout | None = None) -> bool:
     """Whether the fit is followed by re-seeded runs: trees with more than one gate (their leaves can be arranged
-    in more than one way) and trees with a gate whose family re-seeds its weight rows (Laplace keys)."""
-    return spec.tree.n_gates > 1 or any(fam.reseeds for fam, _ in _gates.gate_groups(spec))
+    in more than one way; a capacity tree: gates of its ``layout``) and trees with a gate whose family re-seeds its
+    weight rows (Laplace keys)."""
+    n_gates = spec.tree.n_gates if layout is None else int(np.sum(layout.gate_on))
+    return n_gates > 1 or any(fam.reseeds for fam, _ in _gates.gate_groups(spec))
 
 
 def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts: FitOptions, key, n_starts: int):
@@ -408,7 +420,13 @@ def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts
     L = h.shape[1]
     order_key, key = jax.random.split(key)
     keys = jax.random.split(key, n_starts)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, L))(keys).at[0].set(jnp.arange(L))
+    layout = capacity.active_layout(spec)
+    if layout is None:
+        perms = jax.vmap(lambda k: jax.random.permutation(k, L))(keys)
+    else:  # the present leaves in a random order, the absent ones where they are
+        rank = lambda k: jnp.where(layout.leaf_on, jax.random.uniform(k, (L,)), 2.0 + jnp.arange(L))
+        perms = jax.vmap(lambda k: jnp.argsort(rank(k)))(keys)
+    perms = perms.at[0].set(jnp.arange(L))
 
     def one(k, perm):
         resp = h[:, perm]
@@ -425,13 +443,18 @@ def reseeded_starts(spec: ModelSpec, cfg, params: HMEParams, data: FitData, opts
             rows = jax.vmap(lambda kk, g, order=order: weighted_draw(kk, order, node_w[:, g], (B,)))(
                 jax.random.split(k, gids.shape[0]), gids)  # (n_gates of the family, B)
             gates = GateParams(gates.bias.at[gids].set(0.0), gates.weight.at[gids].set(D[rows]), gates.cov)
-        return HMEParams(gates, p.experts)
+        return capacity.keep_active(spec, HMEParams(gates, p.experts), p)
 
     return jax.lax.map(lambda kp: one(*kp), (keys, perms))  # one after another: memory of one start
 
 
 @exported_jit(static_argnames=("spec", "cfg"), eligible=exportable, options=fit_compiler_options)
-def _reseed_fit(spec, cfg, X, y, w, key, opts, params):
+def _reseed_fit(spec, cfg, X, y, w, key, opts, params, layout=None):
+    with capacity.bind(layout):
+        return _reseed_fit_body(spec, cfg, X, y, w, key, opts, params)
+
+
+def _reseed_fit_body(spec, cfg, X, y, w, key, opts, params):
     """From a fit's ``params`` (raw inputs): :data:`RESEED_STARTS` re-seeded starts (:func:`reseeded_starts`) each
     run :data:`RESEED_ITER` EM iterations on all rows (the experts are fitted already: a rearrangement or a key
     that finds its ramp shows at once), and the best of them (healthy first) runs EM to convergence. Returns that

@@ -37,13 +37,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from . import capacity
 from .em import fit_em, fit_em_weightings
 from .families import gate_family
 from .fitting import EMResult
 from .inference import n_free_parameters
-from .model import log_likelihood, make_design, posteriors, prepare_targets
+from .model import joint, log_likelihood, make_design, posteriors, prepare_targets
 from .params import ExpertParams, GateParams, HMEParams, zeros_params
 from .spec import ModelSpec
 from .tree import TreeSpec
@@ -130,6 +132,15 @@ class GrowthResult(NamedTuple):
 
 
 @dataclasses.dataclass
+class _Fit:
+    """A tree's fit: its own spec and result, and for a capacity fit the capacity spec, parameters and layout."""
+
+    spec: ModelSpec
+    result: EMResult
+    capacity: tuple | None = None  # (capacity spec, its HMEParams, Layout)
+
+
+@dataclasses.dataclass
 class _Candidate:
     structure: tuple  # () for a single expert
     spec: ModelSpec
@@ -138,6 +149,7 @@ class _Candidate:
     ll: float
     val_ll: float
     criterion: float
+    capacity: tuple | None = None
 
 
 def single_expert_parameters(spec: ModelSpec) -> int:
@@ -158,12 +170,50 @@ class Grower:
     """The state of one growth: data, options, and how to fit a tree from a start (see :func:`grow_tree`)."""
 
     def __init__(self, template: ModelSpec, gate, X, y, w, fit: Callable, local_options: dict, criterion: str,
-                 validation: tuple | None, max_leaf_nodes: int):
+                 validation: tuple | None, max_leaf_nodes: int, fixed_capacity: bool = True):
         self.template, self.gate, self.fit, self.local_options = template, gate, fit, local_options
         self.X, self.y, self.w = X, y, w
         self.criterion_name, self.validation, self.max_leaf_nodes = criterion, validation, max_leaf_nodes
         self.n_eff = float(np.sum(w))
         self.path: list[GrowthStep] = []
+        # capacity trees hold one gate family and binary gates (hme.capacity)
+        self.fixed_capacity = fixed_capacity and isinstance(gate, str)
+        self.n_rows = int(np.count_nonzero(w))
+
+    def capacity_for(self, n_leaves: int) -> int:
+        """The capacity a tree of ``n_leaves`` leaves is fitted in: ``max_leaf_nodes`` (one program for the whole
+        growth), or without a cap the next power of two (at least 4), and never more than the rows."""
+        if np.isfinite(self.max_leaf_nodes):
+            cap = int(self.max_leaf_nodes)
+        else:
+            cap = max(4, 2 ** int(np.ceil(np.log2(n_leaves))))
+        return max(min(cap, self.n_rows), n_leaves, 2)
+
+    def run(self, spec: ModelSpec, start: HMEParams, fresh: bool) -> _Fit:
+        """``spec``'s tree fitted from ``start`` by ``self.fit`` (see :func:`grow_tree`), in a capacity tree
+        when growth uses them."""
+        if not self.fixed_capacity:
+            return _Fit(spec, self.fit(spec, start, fresh))
+        structure = spec.tree.structure
+        K = self.capacity_for(spec.tree.n_leaves)
+        cspec = capacity.capacity_spec(spec, K)
+        lay = capacity.layout(structure, K)
+        res = self.fit(cspec, capacity.embed(cspec, start), fresh, layout=lay)
+        return _Fit(spec, capacity.tree_result(res, structure), (cspec, jax.device_get(res.params), lay))
+
+    def leaf_posteriors(self, fitted) -> np.ndarray:
+        """(n, L) leaf posteriors of a fit on the training rows."""
+        if fitted.capacity is None:
+            return np.asarray(posteriors(fitted.spec, jax.device_get(fitted.result.params), self.X, self.y)["leaf"],
+                              np.float64)
+        return np.asarray(_capacity_joint(fitted.capacity, self.X, self.y).leaf_post,
+                          np.float64)[:, : fitted.spec.tree.n_leaves]
+
+    def row_log_lik(self, fitted, X, y) -> np.ndarray:
+        """(n,) log p(y_t | x_t) of a fit on rows (X, y)."""
+        if fitted.capacity is None:
+            return np.asarray(log_likelihood(fitted.spec, jax.device_get(fitted.result.params), X, y), np.float64)
+        return np.asarray(_capacity_joint(fitted.capacity, X, y).log_lik, np.float64)
 
     def spec_for(self, structure: tuple) -> ModelSpec:
         tree = TreeSpec(structure)
@@ -178,21 +228,21 @@ class Grower:
             return n_free_parameters(self.spec_for(structure))
         return single_expert_parameters(self.spec_for(SPLIT))
 
-    def score(self, structure: tuple, spec: ModelSpec, result: EMResult, action: str, t0: float) -> _Candidate:
-        params = jax.device_get(result.params)
+    def score(self, structure: tuple, fitted: _Fit, action: str, t0: float) -> _Candidate:
+        spec, result = fitted.spec, fitted.result
         ll = float(result.log_likelihood)
         k = self.n_parameters(structure)
         crit = float(-2.0 * ll + k * np.log(self.n_eff))
         val_ll = float("nan")
         if self.validation is not None:
             Xv, yv, wv = self.validation
-            val_ll = float(np.sum(wv * np.asarray(log_likelihood(spec, params, Xv, yv))))
+            val_ll = float(np.sum(wv * self.row_log_lik(fitted, Xv, yv)))
         if self.criterion_name == "icl" and structure != ():
-            h = np.asarray(posteriors(spec, params, self.X, self.y)["leaf"], np.float64)
+            h = self.leaf_posteriors(fitted)
             crit += 2.0 * float(-np.sum(self.w[:, None] * np.where(h > 0, h * np.log(np.where(h > 0, h, 1)), 0)))
         elif self.criterion_name == "validation":
             crit = -2.0 * val_ll
-        cand = _Candidate(structure, spec, result, k, ll, val_ll, crit)
+        cand = _Candidate(structure, spec, result, k, ll, val_ll, crit, fitted.capacity)
         self.path.append(GrowthStep(action=action, structure=structure, n_leaves=max(len(node_paths(structure)[1]), 1),
                                     n_parameters=k, log_likelihood=ll, validation_log_likelihood=val_ll,
                                     criterion=crit, accepted=False, seconds=time.perf_counter() - t0))
@@ -209,8 +259,7 @@ class Grower:
         t0 = time.perf_counter()
         spec = self.spec_for(SPLIT)
         dtype = np.asarray(self.X).dtype
-        res = self.fit(spec, zeros_params(spec, dtype), fresh=False)
-        return self.score((), spec, res, "start", t0)
+        return self.score((), self.run(spec, zeros_params(spec, dtype), fresh=False), "start", t0)
 
     def leaf_gains(self, cur: _Candidate) -> tuple[list, np.ndarray, EMResult, list]:
         """(leaf paths, Δ_l per leaf, the local fits, which gate family each local fit used)."""
@@ -222,7 +271,7 @@ class Grower:
             experts = jax.tree_util.tree_map(lambda a: a[:1], params.experts)
         else:
             paths = node_paths(cur.structure)[1]
-            h = np.asarray(posteriors(spec, params, self.X, self.y)["leaf"], np.float64)
+            h = self.leaf_posteriors(_Fit(spec, cur.result, cur.capacity))
             experts = params.experts
         design = make_design(spec, np.asarray(self.X))
         Y = prepare_targets(spec, np.asarray(self.y), np.asarray(self.X).dtype)
@@ -267,21 +316,20 @@ class Grower:
             gate_rows = [(old.gates, og.index(g)) if g in og else (lp.gates, 0) for g in ng]
             leaf_rows = [(old.experts, ol.index(leaf)) if leaf in ol else (lp.experts, leaf[-1]) for leaf in nl]
             start = _gather(gate_rows, leaf_rows)
-        spec = self.spec_for(structure)
-        return self.score(structure, spec, self.refit(spec, start), f"split leaf {path}", t0)
+        return self.score(structure, self.refit(self.spec_for(structure), start), f"split leaf {path}", t0)
 
-    def refit(self, spec: ModelSpec, start: HMEParams) -> EMResult:
+    def refit(self, spec: ModelSpec, start: HMEParams) -> _Fit:
         """The tree fitted from the assembled start and from the default (emEM) starts, in one program, keeping
         the best run: EM from an assembled start can stay in the basin the smaller tree left it (a split placed
         where a later one fits better), while a fresh start sees the whole tree at once."""
-        return self.fit(spec, start, fresh=True)
+        return self.run(spec, start, fresh=True)
 
     def collapse(self, cur: _Candidate, path: tuple) -> _Candidate:
         """The gate at ``path`` (all of whose children are leaves) replaced by its heavier child's expert."""
         t0 = time.perf_counter()
         params = jax.device_get(cur.result.params)
         og, ol = node_paths(cur.structure)
-        h = np.asarray(posteriors(cur.spec, params, self.X, self.y)["leaf"], np.float64)
+        h = self.leaf_posteriors(_Fit(cur.spec, cur.result, cur.capacity))
         mass = self.w @ h
         children = [ol.index(leaf) for leaf in ol if leaf[:-1] == path]
         keep = children[int(np.argmax(mass[children]))]
@@ -291,9 +339,8 @@ class Grower:
         ng, nl = node_paths(structure)
         gate_rows = [(params.gates, og.index(g)) for g in ng]
         leaf_rows = [(params.experts, keep if leaf == path else ol.index(leaf)) for leaf in nl]
-        spec = self.spec_for(structure)
-        return self.score(structure, spec, self.refit(spec, _gather(gate_rows, leaf_rows)), f"prune gate {path}",
-                          t0)
+        return self.score(structure, self.refit(self.spec_for(structure), _gather(gate_rows, leaf_rows)),
+                          f"prune gate {path}", t0)
 
 
 def grow_tree(
@@ -309,6 +356,7 @@ def grow_tree(
     prune: bool = True,
     fit: Callable | None = None,
     local_options: dict | None = None,
+    fixed_capacity: bool = True,
 ) -> GrowthResult:
     r"""Grow (and prune) an HME's tree by the algorithm of this module's docstring.
 
@@ -320,9 +368,14 @@ def grow_tree(
     max_leaf_nodes : at most this many leaves (None: as many as the criterion supports)
     criterion : "bic", "icl" or "validation" (then ``validation=(X_val, y_val, w_val)`` is required); lower wins
     prune : collapse gates over leaves while the criterion improves, once growth stops
-    fit : ``fit(spec, start_params, fresh) -> EMResult``, the whole-tree fit from ``start_params`` alone
-        (``fresh=False``), or the best of a run from it and of the default starts' runs (``fresh=True``; default
-        :func:`hme.fit_em` on X, y, sample_weight with its defaults, ``extra_start=start_params``)
+    fit : ``fit(spec, start_params, fresh, layout=None) -> EMResult``, the whole-tree fit from ``start_params``
+        alone (``fresh=False``), or the best of a run from it and of the default starts' runs (``fresh=True``;
+        default :func:`hme.fit_em` on X, y, sample_weight with its defaults, ``extra_start=start_params``). With
+        fixed capacity, ``spec`` has a :class:`hme.capacity.CapacityTree` and ``layout`` is the tree (pass it
+        to :func:`hme.fit_em`)
+    fixed_capacity : fit every tree tried in one capacity tree (:mod:`hme.capacity`; ``max_leaf_nodes`` leaves,
+        or without a cap powers of two), so the whole growth compiles its programs once instead of once per
+        tree. Per-level gate families always fit tree by tree
     local_options : keyword arguments of the local split fits (:func:`hme.em.fit_em_weightings`: ridges,
         ``max_iter``, ``tol``, ``n_candidates``...)
     """
@@ -339,12 +392,12 @@ def grow_tree(
     X = np.asarray(X)
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if fit is None:
-        def fit(spec, start, fresh):
+        def fit(spec, start, fresh, layout=None):
             if fresh:
-                return fit_em(spec, X, y, sample_weight=w, extra_start=start)
-            return fit_em(spec, X, y, sample_weight=w, start_params=start)
+                return fit_em(spec, X, y, sample_weight=w, extra_start=start, layout=layout)
+            return fit_em(spec, X, y, sample_weight=w, start_params=start, layout=layout)
     cap = np.inf if max_leaf_nodes is None else int(max_leaf_nodes)
-    g = Grower(template, gate, X, y, w, fit, dict(local_options or {}), criterion, validation, cap)
+    g = Grower(template, gate, X, y, w, fit, dict(local_options or {}), criterion, validation, cap, fixed_capacity)
     cur = g.single_expert()
     g.accept()
     while len(node_paths(cur.structure)[1]) < max_leaf_nodes:
@@ -389,3 +442,12 @@ def _node(structure: tuple, path: tuple) -> tuple:
     for c in path:
         structure = structure[c]
     return structure
+
+
+def _capacity_joint(fitted_capacity: tuple, X, y):
+    """:func:`hme.model.joint` of a capacity fit ``(capacity spec, params, layout)`` on rows (X, y), evaluated op
+    by op under its layout: its arrays are concrete, so nothing is traced and no program is compiled per tree."""
+    cspec, cparams, lay = fitted_capacity
+    X = jnp.asarray(X)
+    with capacity.bind(lay):
+        return joint(cspec, cparams, make_design(cspec, X), prepare_targets(cspec, jnp.asarray(y), X.dtype))

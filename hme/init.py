@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import batched_linalg
+from . import batched_linalg, capacity
 from . import gates as _gates
 from ._linalg import weighted_gram
 from .model import edge_mass
@@ -87,11 +87,17 @@ def _seed_centres(key, F, w, k, power):
     return C
 
 
-def _lloyd(F, w, C):
+def _nearest(F, C, on=None):
+    """(n,) index of the nearest centre (among the centres ``on`` (k,) bool, when given)."""
+    d2 = _sq_dist(F, C)
+    return jnp.argmin(d2 if on is None else jnp.where(on[None], d2, jnp.inf), axis=1)
+
+
+def _lloyd(F, w, C, on=None):
     k = C.shape[0]
 
     def body(_, C):
-        assign = jnp.argmin(_sq_dist(F, C), axis=1)
+        assign = _nearest(F, C, on)
         onehot = jax.nn.one_hot(assign, k, dtype=F.dtype) * w[:, None]
         counts = jnp.sum(onehot, 0)
         newC = (onehot.T @ F) / jnp.maximum(counts, jnp.finfo(F.dtype).tiny)[:, None]
@@ -132,16 +138,19 @@ def _features(spec, method, design, y):
 
 
 def initial_responsibilities(spec, method: str, key, design, y, w) -> jax.Array:
-    """Hard responsibilities (n, n_leaves) from clustering, placed on leaves tree-consistently."""
+    """Hard responsibilities (n, n_leaves) from clustering, placed on leaves tree-consistently (a capacity tree:
+    as many clusters as its layout has leaves, placed on its tree, :func:`hme.capacity.place_clusters`)."""
     L = spec.tree.n_leaves
+    layout = capacity.active_layout(spec)
+    on = None if layout is None else layout.leaf_on  # the first centres drawn are the clusters used
     F = _standardize(_features(spec, method, design, y), w)
     if method == "random":
         C = _seed_centres(key, F, w, L, power=0)
     else:
-        C = _lloyd(F, w, _seed_centres(key, F, w, L, power=2))
-    perm = _place_clusters(spec.tree.structure, C)
+        C = _lloyd(F, w, _seed_centres(key, F, w, L, power=2), on)
+    perm = _place_clusters(spec.tree.structure, C) if layout is None else capacity.place_clusters(layout, C)
     leaf_of_cluster = jnp.argsort(perm)
-    assign = jnp.argmin(_sq_dist(F, C), axis=1)
+    assign = _nearest(F, C, on)
     return jax.nn.one_hot(leaf_of_cluster[assign], L, dtype=F.dtype)
 
 
@@ -157,8 +166,12 @@ def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="ne
     ex = fam.initial_fit(spec, params.experts, design.expert, y, leaf_w, leaf_gram, opts, expert_solver,
                          _INIT_NEWTON_STEPS)
 
-    L = spec.tree.n_leaves
-    soft = (0.9 * resp + 0.1 / L) * w[:, None]
+    layout = capacity.active_layout(spec)
+    if layout is None:
+        uniform = 1.0 / spec.tree.n_leaves
+    else:
+        uniform = layout.leaf_on.astype(dtype) / capacity.n_active_leaves(layout).astype(dtype)
+    soft = (0.9 * resp + 0.1 * uniform) * w[:, None]
     edge_w = edge_mass(spec, soft)
     node_w = jnp.sum(edge_w, -1)
     g = _gates.start(spec, params.gates, design.gate, edge_w)  # location families: children's centroids
@@ -172,4 +185,4 @@ def params_from_responsibilities(spec, design, y, w, resp, opts, gate_solver="ne
 
     closed = all(f.closed_form for f in spec.gate_families)
     g = jax.lax.fori_loop(0, 1 if closed else _INIT_NEWTON_STEPS, gate_step, g)
-    return HMEParams(g, ex)
+    return capacity.with_absent_neutral(spec, HMEParams(g, ex), opts.coef_target)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import code_space, compile_cache
+from . import capacity, code_space, compile_cache
 from . import gates as _gates
 from .params import HMEParams
 from .spec import ModelSpec
@@ -68,7 +68,11 @@ def _edge_leaf(spec, dtype):
 
 
 def log_path_from_gates(spec: ModelSpec, gate_log_prob: jax.Array) -> jax.Array:
-    """(n, G, B) log gate probabilities -> (n, L) log path probabilities, one matmul."""
+    """(n, G, B) log gate probabilities -> (n, L) log path probabilities, one matmul (a capacity tree's: its
+    bound layout's, with -∞ for absent leaves, :mod:`hme.capacity`)."""
+    layout = capacity.active_layout(spec)
+    if layout is not None:
+        return capacity.mask_log_path(layout, gate_log_prob)
     n = gate_log_prob.shape[0]
     return gate_log_prob.reshape(n, -1) @ _edge_leaf(spec, gate_log_prob.dtype)
 
@@ -96,6 +100,9 @@ def joint(spec: ModelSpec, params: HMEParams, design: Design, y: jax.Array) -> J
     log_path = log_path_from_gates(spec, glp)
     leaf_ll, aux = spec.expert_family.log_prob(spec, params.experts, design.expert, y)
     a = log_path + leaf_ll
+    layout = capacity.active_layout(spec)
+    if layout is not None:  # an absent leaf's own log-likelihood is never read
+        a = jnp.where(layout.leaf_on[None], a, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(a, axis=1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     e = jnp.exp(a - m)

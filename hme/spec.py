@@ -77,10 +77,13 @@ class ModelSpec:
     shared_coef: tuple | None = None
 
     def __post_init__(self):
+        from .capacity import CapacityTree
         from .families import expert_family, gate_family, gate_names
 
-        if not isinstance(self.tree, TreeSpec):
+        if not isinstance(self.tree, (TreeSpec, CapacityTree)):
             raise TypeError(f"tree must be a TreeSpec, got {type(self.tree).__name__}")
+        if isinstance(self.gate, (tuple, list)) and isinstance(self.tree, CapacityTree):
+            raise ValueError("per-level gate families need a TreeSpec (a capacity tree's levels are data)")
         if isinstance(self.gate, (tuple, list)):
             kinds = tuple(self.gate)
             per_level = gate_names(per_level=True)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import batched_linalg
+from .. import batched_linalg, capacity
 from ..params import HMEParams, center_params
 from ..spec import ModelSpec
 from .objective import e_step
@@ -74,6 +74,9 @@ def leaf_health(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOpti
     st = e_step(spec, params, data, opts)
     n_rows = jnp.sum(data.weight > 0)  # padding rows carry zero weight
     count = jnp.sum(st.leaf_w, axis=0) * (n_rows / jnp.sum(data.weight))
+    layout = capacity.active_layout(spec)
+    if layout is not None:  # absent leaves of a capacity tree are neither empty nor collapsed
+        count = jnp.where(layout.leaf_on, count, jnp.inf)
     cov = params.experts.cov
     if not spec.expert_family.has_cov or cov is None:
         return count, jnp.zeros(count.shape, bool)
@@ -84,7 +87,8 @@ def leaf_health(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOpti
     shifted = scaled - t * jnp.eye(scaled.shape[-1], dtype=scaled.dtype)
     gap = jnp.trace(batched_linalg.matrix_abs(shifted) - shifted, axis1=-2, axis2=-1)
     scale = jnp.sqrt(jnp.sum(shifted * shifted, axis=(-2, -1)))
-    return count, gap > 1e-6 * jnp.maximum(scale, 1.0)
+    collapsed = gap > 1e-6 * jnp.maximum(scale, 1.0)
+    return count, collapsed if layout is None else collapsed & layout.leaf_on
 
 
 def healthy(spec: ModelSpec, params: HMEParams, data: FitData, opts: FitOptions) -> jax.Array:
