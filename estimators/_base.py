@@ -231,13 +231,15 @@ class HMEBase(BaseEstimator):
         from hme.grow import grow_tree
 
         def fit(Xf, Yf, wf):  # no re-seeding: growth's fresh starts play its part (one program less per tree)
-            def run(spec, start, fresh=False, layout=None):
+            def run(spec, start, fresh=False, layout=None, max_iter=None):
+                options = self._engine_options(Xf, Yf, wf, spec, var_floor, None if fresh else start)
+                if max_iter is not None:  # a tree tried during growth (hme.grow.TRIAL_ITER)
+                    options["max_iter"] = max_iter
                 if not fresh:
-                    return self._run_engine(spec, Xf, Yf, seed, reseed=False, layout=layout,
-                                            **self._engine_options(Xf, Yf, wf, spec, var_floor, start))
+                    return self._run_engine(spec, Xf, Yf, seed, reseed=False, layout=layout, **options)
                 # the start as one more restart of the default fit: one program
                 return self._run_engine(spec, Xf, Yf, seed, reseed=False, extra_start=start, layout=layout,
-                                        **self._engine_options(Xf, Yf, wf, spec, var_floor, None))
+                                        **options)
 
             return run
 

@@ -160,6 +160,10 @@ def newton_ascent(theta, direction, objective, f0, max_halvings: int = 12):
     # Allow roundoff-size differences: near the optimum the objective is flat to machine precision.
     slack = 16 * eps * (jnp.abs(f0) + 1.0)
     expand = lambda v: v.reshape((U,) + (1,) * (theta.ndim - 1))
+    # a non-finite direction (a singular system, e.g. a unit without weight) stays non-finite at every step
+    # length: such a unit keeps theta at once instead of running every halving (each one a pass over the data)
+    finite = jnp.all(jnp.isfinite(direction.reshape(U, -1)), axis=1)
+    direction = jnp.where(expand(finite), direction, 0.0)
 
     def cond(state):
         _, accepted, _, i = state
@@ -176,7 +180,7 @@ def newton_ascent(theta, direction, objective, f0, max_halvings: int = 12):
         return t, accepted, f_best, i + 1
 
     t0 = jnp.ones((U,), f0.dtype)
-    t, accepted, f_new, _ = jax.lax.while_loop(cond, body, (t0, jnp.zeros((U,), bool), f0, 0))
+    t, accepted, f_new, _ = jax.lax.while_loop(cond, body, (t0, ~finite, f0, 0))
     t = jnp.where(accepted, t, 0.0)
     f_new = jnp.where(accepted, f_new, f0)
     return theta + expand(t) * direction, f_new

@@ -55,6 +55,9 @@ CRITERIA = ("bic", "icl", "validation")
 SPLIT = ((), ())
 #: next-best splits tried in the whole tree, at most, after the best one failed the criterion
 MAX_TRIES = 2
+#: EM iterations of the whole tree after a split or a collapse (and of the current tree before each round of
+#: splits, so that both sides of a comparison have run as long); the chosen tree then runs to convergence
+TRIAL_ITER = 30
 
 
 # -- tree surgery on nested structures --------------------------------------------------------------------
@@ -176,6 +179,7 @@ class Grower:
         self.criterion_name, self.validation, self.max_leaf_nodes = criterion, validation, max_leaf_nodes
         self.n_eff = float(np.sum(w))
         self.path: list[GrowthStep] = []
+        self.local_fits: dict = {}  # leaf path -> (gain, (local fits' result, index))
         # capacity trees hold one gate family and binary gates (hme.capacity)
         self.fixed_capacity = fixed_capacity and isinstance(gate, str)
         self.n_rows = int(np.count_nonzero(w))
@@ -189,16 +193,16 @@ class Grower:
             cap = max(4, 2 ** int(np.ceil(np.log2(n_leaves))))
         return max(min(cap, self.n_rows), n_leaves, 2)
 
-    def run(self, spec: ModelSpec, start: HMEParams, fresh: bool) -> _Fit:
-        """``spec``'s tree fitted from ``start`` by ``self.fit`` (see :func:`grow_tree`), in a capacity tree
-        when growth uses them."""
+    def run(self, spec: ModelSpec, start: HMEParams, fresh: bool, max_iter: int | None = None) -> _Fit:
+        """``spec``'s tree fitted from ``start`` by ``self.fit`` (see :func:`grow_tree`; at most ``max_iter``
+        EM iterations when given), in a capacity tree when growth uses them."""
         if not self.fixed_capacity:
-            return _Fit(spec, self.fit(spec, start, fresh))
+            return _Fit(spec, self.fit(spec, start, fresh, max_iter=max_iter))
         structure = spec.tree.structure
         K = self.capacity_for(spec.tree.n_leaves)
         cspec = capacity.capacity_spec(spec, K)
         lay = capacity.layout(structure, K)
-        res = self.fit(cspec, capacity.embed(cspec, start), fresh, layout=lay)
+        res = self.fit(cspec, capacity.embed(cspec, start), fresh, layout=lay, max_iter=max_iter)
         return _Fit(spec, capacity.tree_result(res, structure), (cspec, jax.device_get(res.params), lay))
 
     def leaf_posteriors(self, fitted) -> np.ndarray:
@@ -228,7 +232,7 @@ class Grower:
             return n_free_parameters(self.spec_for(structure))
         return single_expert_parameters(self.spec_for(SPLIT))
 
-    def score(self, structure: tuple, fitted: _Fit, action: str, t0: float) -> _Candidate:
+    def score(self, structure: tuple, fitted: _Fit, action: str, t0: float, record: bool = True) -> _Candidate:
         spec, result = fitted.spec, fitted.result
         ll = float(result.log_likelihood)
         k = self.n_parameters(structure)
@@ -243,6 +247,8 @@ class Grower:
         elif self.criterion_name == "validation":
             crit = -2.0 * val_ll
         cand = _Candidate(structure, spec, result, k, ll, val_ll, crit, fitted.capacity)
+        if not record:
+            return cand
         self.path.append(GrowthStep(action=action, structure=structure, n_leaves=max(len(node_paths(structure)[1]), 1),
                                     n_parameters=k, log_likelihood=ll, validation_log_likelihood=val_ll,
                                     criterion=crit, accepted=False, seconds=time.perf_counter() - t0))
@@ -250,6 +256,23 @@ class Grower:
 
     def accept(self):
         self.path[-1] = self.path[-1]._replace(accepted=True)
+
+    def continue_fit(self, cur: _Candidate, fresh: bool = False, max_iter: int | None = TRIAL_ITER) -> _Candidate:
+        """The current (accepted) tree run further from its parameters (``max_iter`` more EM iterations; with
+        ``fresh``, to convergence beside the default starts), unless it has converged; the last accepted step of
+        the path then shows the new fit."""
+        if bool(cur.result.converged) and not fresh:
+            return cur
+        t0 = time.perf_counter()
+        fitted = self.run(cur.spec, jax.device_get(cur.result.params), fresh=fresh, max_iter=max_iter)
+        new = self.score(cur.structure, fitted, "", t0, record=False)
+        if new.criterion > cur.criterion and not fresh:
+            return cur
+        i = max(j for j, step in enumerate(self.path) if step.accepted)
+        step = self.path[i]
+        self.path[i] = step._replace(log_likelihood=new.ll, validation_log_likelihood=new.val_ll,
+                                     criterion=new.criterion, seconds=step.seconds + time.perf_counter() - t0)
+        return new
 
     # -- steps -------------------------------------------------------------------------------------------
 
@@ -261,45 +284,65 @@ class Grower:
         dtype = np.asarray(self.X).dtype
         return self.score((), self.run(spec, zeros_params(spec, dtype), fresh=False), "start", t0)
 
-    def leaf_gains(self, cur: _Candidate) -> tuple[list, np.ndarray, EMResult, list]:
-        """(leaf paths, Δ_l per leaf, the local fits, which gate family each local fit used)."""
+    def leaf_gains(self, cur: _Candidate, refresh: bool) -> tuple[list, np.ndarray, list, bool]:
+        """(leaf paths, Δ_l per leaf, the local fits, whether every Δ_l is of ``cur``).
+
+        Local fits are kept per leaf path: a split adds two leaves and leaves every other path as it was, so
+        a round fits only the leaves that have none (the new children), padded to 2 fits, and the other leaves
+        keep the gain estimated on an earlier tree (the rest of the tree has moved a little since).
+        ``refresh`` fits every leaf again (padded to the capacity: one more compiled program)."""
         params = jax.device_get(cur.result.params)
         spec = cur.spec
         if cur.structure == ():
             paths = [()]
-            h = np.ones((self.X.shape[0], 1))
             experts = jax.tree_util.tree_map(lambda a: a[:1], params.experts)
         else:
             paths = node_paths(cur.structure)[1]
-            h = self.leaf_posteriors(_Fit(spec, cur.result, cur.capacity))
             experts = params.experts
-        design = make_design(spec, np.asarray(self.X))
-        Y = prepare_targets(spec, np.asarray(self.y), np.asarray(self.X).dtype)
-        own = np.asarray(spec.expert_family.log_prob(spec, experts, design.expert, Y)[0], np.float64)  # (n, L)
-        W = (self.w[:, None] * h).T  # (L, n)
-        base = np.sum(W * own.T, axis=1)
-        gains = np.full(len(paths), -np.inf)
-        local = [None] * len(paths)
-        families = [gate_at_level(self.gate, len(p)) for p in paths]
-        for fam in sorted(set(families)):
-            idx = [i for i, f in enumerate(families) if f == fam]
-            Wf = W[idx]
-            # the leaf axis padded to the cap (one compiled program for the whole growth), or without a cap to
-            # the next power of two
-            width = self.max_leaf_nodes if np.isfinite(self.max_leaf_nodes) else 2 ** int(np.ceil(np.log2(len(idx))))
-            pad = int(width) - len(idx)
-            if pad > 0:
-                Wf = np.concatenate([Wf, np.repeat(Wf[:1], pad, axis=0)])
-            ok = Wf.sum(axis=1) > 0
-            Wf[~ok] = self.w  # an empty leaf: any valid weighting, its gain stays -inf
-            lspec = dataclasses.replace(self.template, tree=TreeSpec(SPLIT), gate=fam)
-            res = jax.device_get(fit_em_weightings(lspec, self.X, self.y, Wf, **self.local_options))
-            for j, i in enumerate(idx):
-                local[i] = (res, j)
-                healthy = np.all(np.asarray(res.restart_leaf_count)[j, int(res.best_restart[j])] >= 1.0) and ok[j]
-                if healthy and np.isfinite(res.log_likelihood[j]):
-                    gains[i] = float(res.log_likelihood[j]) - base[i]
-        return paths, gains, local, families
+        self.local_fits = {p: v for p, v in self.local_fits.items() if p in paths and not refresh}
+        need = [i for i, p in enumerate(paths) if p not in self.local_fits]
+        if need:
+            if cur.structure == ():
+                h = np.ones((self.X.shape[0], 1))
+            else:
+                h = self.leaf_posteriors(_Fit(spec, cur.result, cur.capacity))
+            design = make_design(spec, np.asarray(self.X))
+            Y = prepare_targets(spec, np.asarray(self.y), np.asarray(self.X).dtype)
+            own = np.asarray(spec.expert_family.log_prob(spec, experts, design.expert, Y)[0], np.float64)  # (n, L)
+            W = (self.w[:, None] * h).T  # (L, n)
+            base = np.sum(W * own.T, axis=1)
+            families = {i: gate_at_level(self.gate, len(paths[i])) for i in need}
+            for fam in sorted(set(families.values())):
+                idx = [i for i in need if families[i] == fam]
+                self.fit_locally(fam, idx, paths, W, base)
+        gains = np.array([self.local_fits[p][0] for p in paths])
+        local = [self.local_fits[p][1] for p in paths]
+        return paths, gains, local, len(need) == len(paths)
+
+    def fit_locally(self, fam: str, idx: list, paths: list, W: np.ndarray, base: np.ndarray) -> None:
+        """Local two-expert fits of leaves ``idx`` (rows weighted by ``W[i]``) in one vmapped program, and their
+        gains over ``base`` (each leaf's own expert on those rows), into ``self.local_fits``."""
+        Wf = W[idx]
+        # the fits padded to 2 (a round after a split), or to the cap (without one: the next power of two)
+        if len(idx) <= 2:
+            width = 2
+        elif np.isfinite(self.max_leaf_nodes):
+            width = int(self.max_leaf_nodes)
+        else:
+            width = 2 ** int(np.ceil(np.log2(len(idx))))
+        pad = width - len(idx)
+        if pad > 0:
+            Wf = np.concatenate([Wf, np.repeat(Wf[:1], pad, axis=0)])
+        ok = Wf.sum(axis=1) > 0
+        Wf[~ok] = self.w  # an empty leaf: any valid weighting, its gain stays -inf
+        lspec = dataclasses.replace(self.template, tree=TreeSpec(SPLIT), gate=fam)
+        res = jax.device_get(fit_em_weightings(lspec, self.X, self.y, Wf, **self.local_options))
+        for j, i in enumerate(idx):
+            gain = -np.inf
+            healthy = np.all(np.asarray(res.restart_leaf_count)[j, int(res.best_restart[j])] >= 1.0) and ok[j]
+            if healthy and np.isfinite(res.log_likelihood[j]):
+                gain = float(res.log_likelihood[j]) - base[i]
+            self.local_fits[paths[i]] = (gain, (res, j))
 
     def split(self, cur: _Candidate, path: tuple, local) -> _Candidate:
         t0 = time.perf_counter()
@@ -316,31 +359,47 @@ class Grower:
             gate_rows = [(old.gates, og.index(g)) if g in og else (lp.gates, 0) for g in ng]
             leaf_rows = [(old.experts, ol.index(leaf)) if leaf in ol else (lp.experts, leaf[-1]) for leaf in nl]
             start = _gather(gate_rows, leaf_rows)
-        return self.score(structure, self.refit(self.spec_for(structure), start), f"split leaf {path}", t0)
+        return self.score(structure, self.trial(self.spec_for(structure), start), f"split leaf {path}", t0)
 
-    def refit(self, spec: ModelSpec, start: HMEParams) -> _Fit:
-        """The tree fitted from the assembled start and from the default (emEM) starts, in one program, keeping
-        the best run: EM from an assembled start can stay in the basin the smaller tree left it (a split placed
-        where a later one fits better), while a fresh start sees the whole tree at once."""
-        return self.run(spec, start, fresh=True)
+    def trial(self, spec: ModelSpec, start: HMEParams) -> _Fit:
+        """A tree tried: :data:`TRIAL_ITER` EM iterations from the start assembled from the current tree."""
+        return self.run(spec, start, fresh=False, max_iter=TRIAL_ITER)
 
-    def collapse(self, cur: _Candidate, path: tuple) -> _Candidate:
-        """The gate at ``path`` (all of whose children are leaves) replaced by its heavier child's expert."""
-        t0 = time.perf_counter()
+    def collapsed(self, cur: _Candidate, path: tuple, mass: np.ndarray) -> tuple[tuple, HMEParams | None, float]:
+        """The tree with the gate at ``path`` (all of whose children are leaves) replaced by its heavier child's
+        expert (``mass``: each leaf's posterior weight), its assembled start, and for BIC an upper bound of its
+        criterion from the start's log-likelihood, which its refit can only raise (+∞ for other criteria and
+        for the single expert)."""
         params = jax.device_get(cur.result.params)
         og, ol = node_paths(cur.structure)
-        h = self.leaf_posteriors(_Fit(cur.spec, cur.result, cur.capacity))
-        mass = self.w @ h
         children = [ol.index(leaf) for leaf in ol if leaf[:-1] == path]
         keep = children[int(np.argmax(mass[children]))]
         structure = replace_node(cur.structure, path, ())
         if structure == ():
-            return self.single_expert()
+            return structure, None, np.inf
         ng, nl = node_paths(structure)
         gate_rows = [(params.gates, og.index(g)) for g in ng]
         leaf_rows = [(params.experts, keep if leaf == path else ol.index(leaf)) for leaf in nl]
-        return self.score(structure, self.refit(self.spec_for(structure), _gather(gate_rows, leaf_rows)),
-                          f"prune gate {path}", t0)
+        start = _gather(gate_rows, leaf_rows)
+        bound = np.inf
+        if self.criterion_name == "bic":
+            spec = self.spec_for(structure)
+            if self.fixed_capacity:
+                cspec = capacity.capacity_spec(spec, self.capacity_for(spec.tree.n_leaves))
+                fitted = _Fit(spec, None, (cspec, capacity.embed(cspec, start),
+                                           capacity.layout(structure, cspec.tree.n_leaves)))
+                ll = float(np.sum(self.w * self.row_log_lik(fitted, self.X, self.y)))
+            else:
+                ll = float(np.sum(self.w * np.asarray(log_likelihood(spec, start, self.X, self.y))))
+            bound = -2.0 * ll + self.n_parameters(structure) * np.log(self.n_eff)
+        return structure, start, bound
+
+    def collapse(self, path: tuple, structure: tuple, start: HMEParams | None) -> _Candidate:
+        """The collapsed tree of :meth:`collapsed` refitted and scored."""
+        t0 = time.perf_counter()
+        if structure == ():
+            return self.single_expert()
+        return self.score(structure, self.trial(self.spec_for(structure), start), f"prune gate {path}", t0)
 
 
 def grow_tree(
@@ -368,11 +427,12 @@ def grow_tree(
     max_leaf_nodes : at most this many leaves (None: as many as the criterion supports)
     criterion : "bic", "icl" or "validation" (then ``validation=(X_val, y_val, w_val)`` is required); lower wins
     prune : collapse gates over leaves while the criterion improves, once growth stops
-    fit : ``fit(spec, start_params, fresh, layout=None) -> EMResult``, the whole-tree fit from ``start_params``
-        alone (``fresh=False``), or the best of a run from it and of the default starts' runs (``fresh=True``;
-        default :func:`hme.fit_em` on X, y, sample_weight with its defaults, ``extra_start=start_params``). With
-        fixed capacity, ``spec`` has a :class:`hme.capacity.CapacityTree` and ``layout`` is the tree (pass it
-        to :func:`hme.fit_em`)
+    fit : ``fit(spec, start_params, fresh, layout=None, max_iter=None) -> EMResult``, the whole-tree fit from
+        ``start_params`` alone (``fresh=False``), or the best of a run from it and of the default starts' runs
+        (``fresh=True``; default :func:`hme.fit_em` on X, y, sample_weight with its defaults,
+        ``extra_start=start_params``), with at most ``max_iter`` EM iterations when it is given (the trees tried
+        get :data:`TRIAL_ITER`). With fixed capacity, ``spec`` has a :class:`hme.capacity.CapacityTree` and
+        ``layout`` is the tree (pass it to :func:`hme.fit_em`)
     fixed_capacity : fit every tree tried in one capacity tree (:mod:`hme.capacity`; ``max_leaf_nodes`` leaves,
         or without a cap powers of two), so the whole growth compiles its programs once instead of once per
         tree. Per-level gate families always fit tree by tree
@@ -392,33 +452,22 @@ def grow_tree(
     X = np.asarray(X)
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if fit is None:
-        def fit(spec, start, fresh, layout=None):
+        def fit(spec, start, fresh, layout=None, max_iter=None):
+            iters = {} if max_iter is None else dict(max_iter=max_iter)
             if fresh:
-                return fit_em(spec, X, y, sample_weight=w, extra_start=start, layout=layout)
-            return fit_em(spec, X, y, sample_weight=w, start_params=start, layout=layout)
+                return fit_em(spec, X, y, sample_weight=w, extra_start=start, layout=layout, **iters)
+            return fit_em(spec, X, y, sample_weight=w, start_params=start, layout=layout, **iters)
     cap = np.inf if max_leaf_nodes is None else int(max_leaf_nodes)
     g = Grower(template, gate, X, y, w, fit, dict(local_options or {}), criterion, validation, cap, fixed_capacity)
     cur = g.single_expert()
     g.accept()
     while len(node_paths(cur.structure)[1]) < max_leaf_nodes:
-        paths, gains, local, _ = g.leaf_gains(cur)
-        grown = None
-        tries = 0
-        for i in np.argsort(-gains):
-            if not np.isfinite(gains[i]):
-                break
-            k_new = g.n_parameters(SPLIT if cur.structure == () else replace_node(cur.structure, paths[i], SPLIT))
-            pays = 2.0 * gains[i] > (k_new - cur.k) * np.log(g.n_eff) if criterion != "validation" else gains[i] > 0
-            if tries and not pays:
-                break
-            cand = g.split(cur, paths[i], local[i])
-            tries += 1
-            if cand.criterion < cur.criterion:
-                g.accept()
-                grown = cand
-                break
-            if tries > MAX_TRIES:
-                break
+        cur = g.continue_fit(cur)  # as many iterations as the split trees will get
+        paths, gains, local, current = g.leaf_gains(cur, refresh=False)
+        grown = _try_splits(g, cur, paths, gains, local, criterion)
+        if grown is None and not current:  # before stopping, every leaf's gain on this tree
+            paths, gains, local, _ = g.leaf_gains(cur, refresh=True)
+            grown = _try_splits(g, cur, paths, gains, local, criterion)
         if grown is None:
             break
         cur = grown
@@ -426,16 +475,47 @@ def grow_tree(
         gates = node_paths(cur.structure)[0]
         leaves = set(node_paths(cur.structure)[1])
         over_leaves = [p for p in gates if all(p + (c,) in leaves for c in range(len(_node(cur.structure, p))))]
-        best = None
-        for p in over_leaves:
-            cand = g.collapse(cur, p)
-            if cand.criterion < cur.criterion and (best is None or cand.criterion < best[0].criterion):
-                best = (cand, len(g.path) - 1)
-        if best is None:
+        mass = g.w @ g.leaf_posteriors(_Fit(cur.spec, cur.result, cur.capacity))
+        options = [(p, *g.collapsed(cur, p, mass)) for p in over_leaves]
+        # most promising first (the lowest bound on the criterion); the first collapse that improves it is
+        # kept, as splits are, and at most 1 + MAX_TRIES collapses are refitted per round
+        options.sort(key=lambda o: o[3])
+        pruned = None
+        for tries, (p, structure, start, _) in enumerate(options):
+            if tries > MAX_TRIES:
+                break
+            cand = g.collapse(p, structure, start)
+            if cand.criterion < cur.criterion:
+                g.accept()
+                pruned = cand
+                break
+        if pruned is None:
             break
-        cur = best[0]
-        g.path[best[1]] = g.path[best[1]]._replace(accepted=True)
+        cur = pruned
+    if cur.structure != ():  # the chosen tree to convergence, beside the default starts
+        cur = g.continue_fit(cur, fresh=True, max_iter=None)
     return GrowthResult(structure=cur.structure, spec=cur.spec, result=cur.result, path=g.path)
+
+
+def _try_splits(g: Grower, cur: _Candidate, paths: list, gains: np.ndarray, local: list, criterion: str):
+    """The best split by estimated gain tried in the whole tree, then the next-best while their gain still pays
+    for their parameters (at most ``1 + MAX_TRIES``); the first that improves the criterion, or None."""
+    tries = 0
+    for i in np.argsort(-gains):
+        if not np.isfinite(gains[i]):
+            break
+        k_new = g.n_parameters(SPLIT if cur.structure == () else replace_node(cur.structure, paths[i], SPLIT))
+        pays = 2.0 * gains[i] > (k_new - cur.k) * np.log(g.n_eff) if criterion != "validation" else gains[i] > 0
+        if tries and not pays:
+            break
+        cand = g.split(cur, paths[i], local[i])
+        tries += 1
+        if cand.criterion < cur.criterion:
+            g.accept()
+            return cand
+        if tries > MAX_TRIES:
+            break
+    return None
 
 
 def _node(structure: tuple, path: tuple) -> tuple:
