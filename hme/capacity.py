@@ -251,7 +251,8 @@ def embed(cspec, params):
     L expert rows, the rest as :func:`hme.params.zeros_params` has them."""
     from .params import zeros_params
 
-    full = zeros_params(cspec, np.asarray(params.experts.coef).dtype)
+    # the padding in the closest dtype JAX has (float64 parameters without x64), then cast like the rows given
+    full = zeros_params(cspec, jax.dtypes.canonicalize_dtype(np.asarray(params.experts.coef).dtype))
 
     def put(a, b):
         if a is None:

@@ -4,29 +4,35 @@ Growth starts from one expert and splits leaves best-first (in the spirit of Wat
 "Constructive algorithms for hierarchical mixtures of experts", and Fritsch, Finke & Waibel 1997, "Adaptively
 growing hierarchical mixtures of experts"). At each step, for the current tree with leaf posteriors h_tl:
 
-1. **Candidate splits of every leaf at once.** Leaf l's rows, weighted by ``w_t h_tl``, get a local two-expert
-   fit (a new binary gate over two experts; the default emEM start), all leaves in one vmapped program
+1. **Candidate splits of the leaves.** Leaf l's rows, weighted by ``w_t h_tl``, get a local two-expert fit (a
+   new binary gate over two experts; the default emEM start), several leaves in one vmapped program
    (:func:`hme.em.fit_em_weightings`). Its gain is the local log-likelihood minus what leaf l's own expert
    scores on the same weighted rows,
 
    .. math::  Δ_l = \sum_t w_t h_{tl} \log p_{\text{split}}(y_t \mid x_t) - \sum_t w_t h_{tl} \log p_l(y_t \mid x_t),
 
-   the increase of the expected complete-data log-likelihood with the rest of the tree held fixed.
+   the increase of the expected complete-data log-likelihood with the rest of the tree held fixed. A leaf's local
+   fit is kept while the leaf exists, so a round fits only the two leaves the last split made; before growth
+   stops, every leaf is fitted again on the current tree.
 2. **The best split is tried in the whole tree**: the leaf is replaced by the local gate and its two experts,
-   every other gate and expert keeps its parameters, and EM runs on the whole tree from there and, as further
-   restarts of the same compiled fit, from the default emEM starts of the new tree; the best run stands. The split
-   is kept when the criterion improves: BIC (``-2 log L + k log n``), ICL (BIC plus twice the posterior entropy,
-   Biernacki, Celeux & Govaert 2000) or the held-out log-likelihood (``-2 Σ log p`` on validation rows). When
-   it does not, the next-best leaf whose estimated gain still pays for its parameters is tried.
-3. Growth stops when no split improves the criterion or at ``max_leaf_nodes``. **Pruning** then collapses any
+   every other gate and expert keeps its parameters, and EM runs :data:`TRIAL_ITER` iterations of the whole
+   tree from there (the issue's "a few EM iterations of the whole tree"; the current tree has run as many
+   more before the round, so neither side of the comparison has had longer). The split is kept when the
+   criterion improves: BIC (``-2 log L + k log n``), ICL (BIC plus twice the posterior entropy, Biernacki,
+   Celeux & Govaert 2000) or the held-out log-likelihood (``-2 Σ log p`` on validation rows). When it does not,
+   the next-best leaf whose estimated gain still pays for its parameters is tried.
+3. Growth stops when no split improves the criterion or at ``max_leaf_nodes``. **Pruning** then collapses a
    gate whose children are all leaves into its heavier child while that improves the criterion (Waterhouse &
-   Robinson 1995, "Pruning and growing hierarchical mixtures of experts").
+   Robinson 1995, "Pruning and growing hierarchical mixtures of experts"), trying the collapses in order of a
+   bound on their BIC from the assembled start. The chosen tree finally runs EM to convergence from where it
+   is and, as further restarts of the same compiled fit, from the default emEM starts; the best run stands
+   (EM from an assembled start can stay in the basin a smaller tree left it).
 
-Trees grow irregular (one branch deeper than another). The local fits share one compiled program for the whole
-growth (the leaf axis is padded to ``max_leaf_nodes``); each distinct tree compiles one EM program (the assembled
-start is one more restart of the default fit, ``fit_em(extra_start=...)``). Gate
-families may differ per level (a per-level tuple; levels below its end use its last family); Gaussian gates,
-which model the inputs jointly, define a single gate and do not grow.
+Trees grow irregular (one branch deeper than another). Every tree is fitted inside one fixed-capacity tree of
+``max_leaf_nodes`` leaves (:mod:`hme.capacity`; without a cap, powers of two), so the whole growth compiles a
+handful of EM programs, not one per tree tried. Gate families may differ per level (a per-level tuple; levels
+below its end use its last family; such trees are fitted tree by tree); Gaussian gates, which model the inputs
+jointly, define a single gate and do not grow.
 """
 
 from __future__ import annotations
@@ -281,7 +287,7 @@ class Grower:
         identical (the symmetric start is a fixed point of the posteriors), so it fits the single expert."""
         t0 = time.perf_counter()
         spec = self.spec_for(SPLIT)
-        dtype = np.asarray(self.X).dtype
+        dtype = jax.dtypes.canonicalize_dtype(np.asarray(self.X).dtype)  # float64 data without x64: float32
         return self.score((), self.run(spec, zeros_params(spec, dtype), fresh=False), "start", t0)
 
     def leaf_gains(self, cur: _Candidate, refresh: bool) -> tuple[list, np.ndarray, list, bool]:
@@ -450,6 +456,8 @@ def grow_tree(
         if gate_family(gate_at_level(gate, lv)).models_inputs:
             raise ValueError(f"gate={gate!r} models the inputs and defines a single gate: it cannot grow a tree")
     X = np.asarray(X)
+    if np.issubdtype(X.dtype, np.floating):  # float64 data without x64 is fitted in float32, as fit_em does
+        X = X.astype(jax.dtypes.canonicalize_dtype(X.dtype), copy=False)
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if fit is None:
         def fit(spec, start, fresh, layout=None, max_iter=None):
