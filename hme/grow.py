@@ -211,15 +211,15 @@ class Grower:
         res = self.fit(cspec, capacity.embed(cspec, start), fresh, layout=lay, max_iter=max_iter)
         return _Fit(spec, capacity.tree_result(res, structure), (cspec, jax.device_get(res.params), lay))
 
-    def leaf_posteriors(self, fitted) -> np.ndarray:
-        """(n, L) leaf posteriors of a fit on the training rows."""
+    def leaf_posteriors(self, fitted: _Fit | _Candidate) -> np.ndarray:
+        """(n, L) leaf posteriors of a fit (or of a candidate's fit) on the training rows."""
         if fitted.capacity is None:
             return np.asarray(posteriors(fitted.spec, jax.device_get(fitted.result.params), self.X, self.y)["leaf"],
                               np.float64)
         return np.asarray(_capacity_joint(fitted.capacity, self.X, self.y).leaf_post,
                           np.float64)[:, : fitted.spec.tree.n_leaves]
 
-    def row_log_lik(self, fitted, X, y) -> np.ndarray:
+    def row_log_lik(self, fitted: _Fit | _Candidate, X, y) -> np.ndarray:
         """(n,) log p(y_t | x_t) of a fit on rows (X, y)."""
         if fitted.capacity is None:
             return np.asarray(log_likelihood(fitted.spec, jax.device_get(fitted.result.params), X, y), np.float64)
@@ -311,7 +311,7 @@ class Grower:
             if cur.structure == ():
                 h = np.ones((self.X.shape[0], 1))
             else:
-                h = self.leaf_posteriors(_Fit(spec, cur.result, cur.capacity))
+                h = self.leaf_posteriors(cur)
             design = make_design(spec, np.asarray(self.X))
             Y = prepare_targets(spec, np.asarray(self.y), np.asarray(self.X).dtype)
             own = np.asarray(spec.expert_family.log_prob(spec, experts, design.expert, Y)[0], np.float64)  # (n, L)
@@ -483,7 +483,7 @@ def grow_tree(
         gates = node_paths(cur.structure)[0]
         leaves = set(node_paths(cur.structure)[1])
         over_leaves = [p for p in gates if all(p + (c,) in leaves for c in range(len(_node(cur.structure, p))))]
-        mass = g.w @ g.leaf_posteriors(_Fit(cur.spec, cur.result, cur.capacity))
+        mass = g.w @ g.leaf_posteriors(cur)
         options = [(p, *g.collapsed(cur, p, mass)) for p in over_leaves]
         # most promising first (the lowest bound on the criterion); the first collapse that improves it is
         # kept, as splits are, and at most 1 + MAX_TRIES collapses are refitted per round
